@@ -1,0 +1,43 @@
+# `make run` sets up and starts the portal; `make test` sets up everything the tests need and runs them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROVIDER := tests/provider
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test check install provider chromium clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# The real OpenID provider the tests sign in against, pinned by its lockfile.
+$(PROVIDER)/node_modules/.package-lock.json: $(PROVIDER)/package-lock.json
+	cd $(PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
+
+provider: $(PROVIDER)/node_modules/.package-lock.json
+
+# Debian's Chromium for the browser tests (Playwright drives it; it downloads no browser of its own).
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+run: install
+	$(VENV)/bin/codex-portal serve $(ARGS)
+
+check: install
+	$(PY) -m ruff check webapp tests
+	$(PY) -m ruff format --check webapp tests
+	$(PY) -m mypy
+
+test: install provider chromium check
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) $(PROVIDER)/node_modules .pytest_cache .mypy_cache .ruff_cache build dist

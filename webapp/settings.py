@@ -1,0 +1,69 @@
+"""Settings: flags > environment > defaults, read once and passed in explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_ISSUER = "https://auth.openai.com"
+DEFAULT_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+DEFAULT_SCOPE = "openid profile email offline_access"
+DEFAULT_PORT = 1455
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+
+
+def default_codex_home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("CODEX_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".codex"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    issuer: str = DEFAULT_ISSUER
+    client_id: str = DEFAULT_CLIENT_ID
+    scope: str = DEFAULT_SCOPE
+    port: int = DEFAULT_PORT
+    bind_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allow_remote: bool = False
+    open_browser: bool = True
+    timeout: float = 10.0  # seconds for each call to the provider
+    revoke_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        settings = cls(config_path=default_codex_home(env) / "config.toml")
+        port = env.get("CODEX_PORTAL_PORT")
+        return settings.with_overrides(
+            issuer=env.get("CODEX_PORTAL_ISSUER"),
+            client_id=env.get("CODEX_PORTAL_CLIENT_ID"),
+            scope=env.get("CODEX_PORTAL_SCOPE"),
+            port=parse_port(port) if port else None,
+        )
+
+    def with_overrides(self, **values: object) -> Settings:
+        """A copy with every value that is not None replaced (flags win over the environment)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"http://localhost:{self.port}/auth/callback"
+
+    @property
+    def origin(self) -> str:
+        return f"http://localhost:{self.port}"
+
+
+def parse_port(text: str) -> int:
+    from webapp.errors import PortalError
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise PortalError(f"invalid port {text!r}: use a number from 1 to 65535")
+    return port
