@@ -1,0 +1,383 @@
+"""The [auth] table of the Codex CLI's config.toml (SPEC section 1).
+
+Reads use stdlib tomllib, cached on the file's identity. Writes take the sidecar lock, re-read the
+file, change only our keys with tomlkit, check that nothing else changed, and replace the file
+atomically (0600). tomlkit and filelock are imported only on the write path.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import math
+import os
+import secrets
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from webapp.errors import ConfigError, PortalError
+
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
+
+OAUTH_KEYS = ("access_token", "refresh_token", "expires_at", "id_token", "issuer", "client_id")
+API_KEY_MAX = 512
+_OUR_KEYS = (*OAUTH_KEYS, "api_key")
+_CACHE: dict[str, tuple[tuple[int, ...], Credentials | None]] = {}
+
+Values = Mapping[str, str | int | None]  # our key -> its new value, or None to remove it
+
+
+@dataclass(frozen=True)
+class Credentials:
+    method: Literal["oauth", "api_key"]
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_at: int | None = None
+    id_token: str | None = field(default=None, repr=False)
+    issuer: str | None = None
+    client_id: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def email(self) -> str | None:
+        """The `email` claim of the ID token, whose signature was checked when it was saved."""
+        try:
+            payload = (self.id_token or "").split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (IndexError, ValueError, RecursionError):
+            return None
+        email = claims.get("email") if isinstance(claims, dict) else None
+        return email if isinstance(email, str) else None
+
+    @property
+    def api_key_hint(self) -> str | None:
+        if self.api_key is None:
+            return None
+        if len(self.api_key) < 16:
+            return "…"
+        return ("sk-…" if self.api_key.startswith("sk-") else "…") + self.api_key[-4:]
+
+    def expired(self, now: float | None = None) -> bool:
+        if self.method != "oauth" or self.expires_at is None:
+            return False
+        return self.expires_at <= (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class OAuthTokens:
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_at: int | None
+    id_token: str | None = field(repr=False)
+    issuer: str = field(repr=False)
+    client_id: str = field(repr=False)
+
+
+def validate_api_key(raw: str) -> str:
+    """The trimmed key; it must fit on one line of the TOML file and in an HTTP header."""
+    key = raw.strip()
+    if not key:
+        raise PortalError("the API key is empty")
+    if len(key) > API_KEY_MAX:
+        raise PortalError(f"the API key is longer than {API_KEY_MAX} characters")
+    if not all("\x21" <= char <= "\x7e" for char in key):
+        raise PortalError("the API key may contain only visible ASCII characters (no spaces or line breaks)")
+    return key
+
+
+class CredentialStore:
+    def __init__(self, path: Path, *, lock_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = lock_timeout
+
+    def load(self) -> Credentials | None:
+        identity, text = _read(self.path)
+        if identity is None:
+            return None
+        cached = _CACHE.get(str(self.path))
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        credentials = _credentials(self.path, _parse(self.path, text))
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        _CACHE[str(self.path)] = (identity, credentials)
+        return credentials
+
+    def save_oauth(self, tokens: OAuthTokens) -> Credentials | None:
+        return self._change(lambda tx: tx.save_oauth(tokens))
+
+    def save_api_key(self, key: str) -> Credentials | None:
+        key = validate_api_key(key)
+        return self._change(lambda tx: tx.save_api_key(key))
+
+    def clear(self) -> Credentials | None:
+        if not self.path.parent.is_dir():
+            return None  # nothing to sign out of, and no reason to create the directory
+        return self._change(Transaction.clear)
+
+    def _change(self, change: Callable[[Transaction], None]) -> Credentials | None:
+        """One transaction; returns the credentials it replaced."""
+        with self.transaction() as tx:
+            previous = tx.credentials
+            change(tx)
+        return previous
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Hold the sidecar lock (flock, which other tools can take too) for the whole block."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.lock_path), mode=0o600, timeout=self.lock_timeout)
+        try:
+            _make_dirs(self.path.parent)
+            lock.acquire()
+        except Timeout:
+            raise ConfigError(f"{self.path} is locked by another process") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot lock {self.lock_path}: {_reason(exc)}") from None
+        try:
+            yield Transaction(self.path)
+        finally:
+            lock.release()
+
+
+class Transaction:
+    """The file read fresh under the lock; each change re-reads it and is written at once."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.credentials = _credentials(path, _parse(path, _read(path)[1]))
+
+    def save_oauth(self, tokens: OAuthTokens) -> None:
+        values: dict[str, str | int | None] = {key: getattr(tokens, key) for key in OAUTH_KEYS}
+        self._apply({**values, "api_key": None})
+
+    def save_api_key(self, key: str) -> None:
+        self._apply({"api_key": validate_api_key(key), **dict.fromkeys(OAUTH_KEYS)})
+
+    def clear(self) -> None:
+        self._apply(dict.fromkeys(_OUR_KEYS))
+
+    def _apply(self, values: Values) -> None:
+        text = _read(self._path)[1]
+        before = _parse(self._path, text)
+        _credentials(self._path, before)  # a key of the wrong type is reported, not overwritten
+        new = _edit(self._path, text, values)
+        self.credentials = _credentials(self._path, _verify(self._path, before, new, values))
+        try:
+            if new != text:
+                _write_atomic(self._path, new)
+            elif self.credentials is not None:
+                os.chmod(os.path.realpath(self._path), 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self._path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)).lower()
+
+
+def _read(path: Path) -> tuple[tuple[int, ...] | None, str]:
+    """The file's identity and text; (None, "") when there is no file."""
+    try:
+        with open(path, "rb") as file:
+            st = os.fstat(file.fileno())
+            data = file.read()
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
+    try:
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line})") from None
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _credentials(path: Path, data: Mapping[str, Any]) -> Credentials | None:
+    auth = data.get("auth")
+    if auth is None:
+        return None
+    if not isinstance(auth, dict):
+        raise ConfigError(f"{path}: auth must be a table")
+    values: dict[str, Any] = {"expires_at": _expires_at(path, auth.get("expires_at"))}
+    for key in _OUR_KEYS:
+        if key != "expires_at" and auth.get(key) is not None and not isinstance(auth[key], str):
+            raise ConfigError(f"{path}: auth.{key} must be a string")
+        values.setdefault(key, auth.get(key) or None)
+    if values["access_token"]:
+        return Credentials(method="oauth", **{**values, "api_key": None})
+    if values["api_key"]:
+        return Credentials(method="api_key", api_key=values["api_key"])
+    return None
+
+
+def _expires_at(path: Path, value: object) -> int | None:
+    if isinstance(value, str):
+        with suppress(ValueError):
+            value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        value = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path}: auth.expires_at must be seconds since the epoch or an RFC 3339 date-time")
+
+
+def _edit(path: Path, text: str, values: Values) -> str:
+    """The new text: our keys changed, every other byte kept (a BOM and CRLF endings included)."""
+    import tomlkit
+
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    body = text.removeprefix(bom)
+    crlf = "\r\n" in body and body.count("\n") == body.count("\r\n")
+    body = body.replace("\r\n", "\n") if crlf else body
+    try:
+        doc = tomlkit.parse(body)
+        if "auth" in doc:
+            roundtrip = tomlkit.dumps(doc)
+            for key, value in values.items():  # set before removing: an emptied split table moves
+                if value is not None:
+                    _set(doc["auth"], key, value)
+            removed = [key for key, value in values.items() if value is None and key in doc["auth"]]
+            for key in removed:
+                del doc["auth"][key]  # doc["auth"] afresh each time: a proxy goes stale after a delete
+            edited = _drop_auth(doc) if removed and len(doc["auth"]) == 0 else tomlkit.dumps(doc)
+            body = edited if roundtrip == body else _keep_lines(body, roundtrip, edited)
+        elif new := {key: value for key, value in values.items() if value is not None}:
+            # Appended as text, so that removing it later gives back the original bytes.
+            body += ("\n" if body.endswith("\n") else "\n\n" if body else "") + tomlkit.dumps({"auth": new})
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path} is not valid TOML (line {exc.line}, column {exc.col})") from None
+    except tomlkit.exceptions.TOMLKitError:
+        raise ConfigError(f"cannot edit the [auth] table of {path}") from None
+    return bom + (body.replace("\n", "\r\n") if crlf else body)
+
+
+def _keep_lines(original: str, roundtrip: str, edited: str) -> str:
+    """Lines the edit did not touch, byte for byte: tomlkit rewrites a few (`[1979-05-27 ]` loses a space)."""
+    old, base, new = (text.splitlines(keepends=True) for text in (original, roundtrip, edited))
+    if len(old) != len(base):
+        return edited
+    lines: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, base, new, autojunk=False).get_opcodes():
+        lines.extend(old[i1:i2] if tag == "equal" else new[j1:j2])
+    return "".join(lines)
+
+
+def _set(auth: Any, key: str, value: str | int) -> None:
+    """Set a key; a new one goes after [auth]'s last key, not after the comments that end it."""
+    from tomlkit import item
+    from tomlkit.items import AoT, Comment, Table
+
+    body = auth.value.body if isinstance(auth, Table) and not auth.is_super_table() else []
+    last = max((i for i, (name, _) in enumerate(body) if name is not None), default=None)
+    trailing = last is not None and any(isinstance(rest, Comment) for _, rest in body[last + 1 :])
+    if key in auth or last is None or not trailing or isinstance(body[last][1], (Table, AoT)):
+        auth[key] = value
+        return
+    new = item(value)
+    new.trivia.indent = body[last][1].trivia.indent
+    auth.value._insert_after(body[last][0], key, new)
+    dict.__setitem__(auth, key, new)
+
+
+def _drop_auth(doc: TOMLDocument) -> str:
+    """Remove the emptied [auth]: its header goes, the comments inside it stay where they were."""
+    import tomlkit
+    from tomlkit.items import Comment, InlineTable, Table
+
+    auth = doc["auth"]
+    if isinstance(auth, InlineTable) and auth.trivia.comment:
+        return tomlkit.dumps(doc)  # `auth = {} # note`: keep it rather than lose the note
+    if not isinstance(auth, Table) or auth.is_super_table():
+        del doc["auth"]
+        return tomlkit.dumps(doc)
+    marker, name = f"codex-portal-{secrets.token_hex(8)}", auth.display_name
+    auth.display_name = marker  # find the header in the output by a name that cannot occur
+    text, trivia, inner = tomlkit.dumps(doc), auth.trivia, auth.as_string()
+    header = f"[{marker}]{trivia.comment_ws}{trivia.comment}{trivia.trail}"
+    start = text.find(header)
+    end = start + len(header) + len(inner)
+    found = start >= len(trivia.indent) and text[start - len(trivia.indent) : start] == trivia.indent
+    if not found or text[end - len(inner) : end] != inner:
+        auth.display_name = name  # not laid out as expected: keep the empty header, lose nothing
+        return tomlkit.dumps(doc)
+    head, tail = text[: start - len(trivia.indent)], text[end:]
+    if trivia.comment or any(isinstance(item, Comment) for _, item in auth.value.body):
+        indent = trivia.indent[: trivia.indent.rfind("\n") + 1]
+        return head + indent + (trivia.comment + trivia.trail if trivia.comment else "") + inner + tail
+    if not tail and head.endswith("\n\n"):
+        head = head[:-1]  # the blank line that separated [auth] from what came before
+    return head + tail
+
+
+def _verify(path: Path, before: dict[str, Any], new: str, values: Values) -> dict[str, Any]:
+    """The new text parsed, if it differs from before in our keys only: a guard against editor bugs."""
+    refusal = ConfigError(f"refusing to write {path}: the edit would change more than the [auth] keys")
+    try:
+        after = tomllib.loads(new.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError:
+        raise refusal from None
+    if _others(before) != _others(after) or any(_auth(after).get(k) != v for k, v in values.items()):
+        raise refusal
+    return after
+
+
+def _auth(data: Mapping[str, Any]) -> dict[str, Any]:
+    auth = data.get("auth")
+    return auth if isinstance(auth, dict) else {}
+
+
+def _others(data: Mapping[str, Any]) -> str:
+    """Everything but our keys, as text (so that NaN equals NaN)."""
+    ours = {key: value for key, value in _auth(data).items() if key not in _OUR_KEYS}
+    return repr(({key: value for key, value in data.items() if key != "auth"}, ours))
+
+
+def _make_dirs(directory: Path) -> None:
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    os.makedirs(directory, 0o700, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)  # the mode given to makedirs is filtered by the umask
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    target = Path(os.path.realpath(path))  # replace the target: a symlinked config stays a symlink
+    _make_dirs(target.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with open(fd, "wb") as file:
+            file.write(text.encode("utf-8"))
+            file.flush()
+            os.fchmod(file.fileno(), 0o600)
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    with suppress(OSError):  # some filesystems cannot fsync a directory; the file is in place anyway
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
