@@ -1,0 +1,115 @@
+"""create_app(settings) -> the portal's FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from webapp.errors import PortalError
+from webapp.humanize import format_time_left, format_utc
+from webapp.oauth import PendingLogins
+from webapp.provider import discover, http_client
+from webapp.security import SecurityMiddleware, Sessions
+from webapp.settings import Settings
+from webapp.store import Credentials, CredentialStore
+
+MAX_BODY = 16 * 1024
+PACKAGE = Path(__file__).resolve().parent
+log = logging.getLogger("codex_portal")
+
+
+def _asset_dir(name: str) -> Path:
+    """templates/ and static/ sit inside the installed package, or beside it in a checkout."""
+    inside = PACKAGE / name
+    return inside if inside.is_dir() else PACKAGE.parent / name
+
+
+@dataclass
+class Portal:
+    settings: Settings
+    store: CredentialStore
+    sessions: Sessions
+    logins: PendingLogins = field(default_factory=PendingLogins)
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)  # one-time callback results
+    on_login: Callable[[Credentials | None, str], None] | None = None
+    form_action_origins: set[str] = field(default_factory=set)
+
+    def note_provider_origin(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.form_action_origins.add(f"{parts.scheme}://{parts.netloc}")
+
+
+templates = Jinja2Templates(directory=str(_asset_dir("templates")))
+templates.env.filters["utc"] = format_utc
+templates.env.filters["time_left"] = format_time_left
+
+
+def create_app(
+    settings: Settings,
+    *,
+    launch_token: str,
+    on_login: Callable[[Credentials | None, str], None] | None = None,
+) -> FastAPI:
+    from webapp.views import router
+
+    portal = Portal(
+        settings=settings,
+        store=CredentialStore(settings.config_path),
+        sessions=Sessions(launch_token),
+        on_login=on_login,
+    )
+    portal.note_provider_origin(settings.issuer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_warm_discovery(portal))
+        yield
+        task.cancel()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        max_body_size=MAX_BODY,
+    )
+    app.state.portal = portal
+    app.state.templates = templates
+    app.mount("/static", StaticFiles(directory=str(_asset_dir("static"))), name="static")
+    app.include_router(router)
+    app.add_middleware(
+        SecurityMiddleware, port=settings.port, form_action=lambda: sorted(portal.form_action_origins)
+    )
+    app.add_exception_handler(PortalError, handle_portal_error)  # type: ignore[arg-type]
+    return app
+
+
+async def _warm_discovery(portal: Portal) -> None:
+    """Learn the authorization endpoint's origin early, so the page's CSP form-action allows it."""
+    try:
+        async with http_client(portal.settings.timeout) as client:
+            metadata = await discover(portal.settings.issuer, client=client)
+        portal.note_provider_origin(metadata.authorization_endpoint)
+    except PortalError:
+        pass  # reported when the person signs in
+
+
+async def handle_portal_error(request: Request, exc: PortalError) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"message": exc.message, "status": exc.status_code},
+        status_code=exc.status_code,
+    )

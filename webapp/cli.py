@@ -1,0 +1,230 @@
+"""codex-portal [serve] | login | status | token | logout.
+
+Commands that only read the config file import neither the web stack nor an HTTP client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from webapp import __version__
+from webapp.errors import PortalError
+from webapp.settings import Settings, parse_port
+
+COMMANDS = ("serve", "login", "status", "token", "logout")
+MAX_KEY_INPUT = 64 * 1024
+EPILOG = """\
+where things are read from (first found wins):
+  config file   $CODEX_HOME/config.toml, else ~/.codex/config.toml
+  provider      --issuer/--client-id/--scope flags, then CODEX_PORTAL_ISSUER, CODEX_PORTAL_CLIENT_ID,
+                CODEX_PORTAL_SCOPE, then the Codex CLI's defaults
+  port          --port, then CODEX_PORTAL_PORT, then 1455
+"""
+
+
+def _provider_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=_port, help="port of the portal and its /auth/callback (default 1455)")
+    parser.add_argument("--issuer", help="OAuth/OpenID issuer URL (default https://auth.openai.com)")
+    parser.add_argument("--client-id", help="OAuth client id (default: the Codex CLI's public client)")
+    parser.add_argument("--scope", help='scopes to ask for (default "openid profile email offline_access")')
+    parser.add_argument(
+        "--no-browser", action="store_true", help="print the link instead of opening a browser"
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        return parse_port(text)
+    except PortalError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codex-portal",
+        description="Manage the Codex CLI's login in $CODEX_HOME/config.toml from a localhost web page.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"codex-portal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="start the portal and open it in the browser (the default)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _provider_flags(serve)
+    serve.add_argument(
+        "--allow-remote", action="store_true", help="allow --host to be a non-loopback address"
+    )
+    serve.add_argument("--host", action="append", help="address to listen on (default 127.0.0.1 and ::1)")
+    login = sub.add_parser(
+        "login",
+        help="sign in once from the terminal, then exit",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _provider_flags(login)
+    login.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
+    status = sub.add_parser("status", help="show the login; exit 0 when signed in, 1 when not")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("token", help="print a valid access token (or the API key), refreshing it first if needed")
+    sub.add_parser("logout", help="revoke (best effort) and remove the credentials")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args_list.insert(0, "serve")
+    try:
+        args = build_parser().parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        settings = _settings(args)
+        return int(HANDLERS[args.command](args, settings))
+    except PortalError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env().with_overrides(
+        port=getattr(args, "port", None),
+        issuer=getattr(args, "issuer", None),
+        client_id=getattr(args, "client_id", None),
+        scope=getattr(args, "scope", None),
+    )
+    if getattr(args, "no_browser", False):
+        settings = settings.with_overrides(open_browser=False)
+    hosts = getattr(args, "host", None)
+    if hosts:
+        settings = _bind(settings, hosts, allow_remote=args.allow_remote)
+    return settings
+
+
+def _bind(settings: Settings, hosts: list[str], *, allow_remote: bool) -> Settings:
+    from webapp.provider import is_loopback_host
+
+    remote = [h for h in hosts if not is_loopback_host(h.strip("[]"))]
+    if remote and not allow_remote:
+        raise PortalError(f"refusing to listen on {', '.join(remote)}: add --allow-remote if you mean it")
+    return settings.with_overrides(bind_hosts=tuple(h.strip("[]") for h in hosts), allow_remote=bool(remote))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.server import run_serve
+
+    return run_serve(settings)
+
+
+def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
+    if args.api_key:
+        return _login_api_key(settings)
+    from webapp.server import ServerOptions, run_login_server
+
+    options = ServerOptions(
+        port=settings.port,
+        issuer=settings.issuer,
+        client_id=settings.client_id,
+        scope=settings.scope,
+        codex_home=settings.config_path.parent,
+        open_browser=settings.open_browser,
+    )
+
+    def show(url: str) -> None:
+        print("Sign in in your browser. If it did not open, open this link:", file=sys.stderr)
+        print(url, flush=True)
+
+    creds = asyncio.run(run_login_server(options, on_url=show))
+    who = f" as {creds.email}" if creds.email else ""
+    print(f"Signed in{who}. Saved to {settings.config_path}.", file=sys.stderr)
+    return 0
+
+
+def _login_api_key(settings: Settings) -> int:
+    from webapp.store import CredentialStore, validate_api_key
+    from webapp.tokens import save_api_key
+
+    if sys.stdin.isatty():
+        import getpass
+
+        raw = getpass.getpass("API key (input hidden): ")
+    else:
+        raw = sys.stdin.read(MAX_KEY_INPUT + 1)
+    key = validate_api_key(raw)
+    store = CredentialStore(settings.config_path)
+    asyncio.run(save_api_key(store, key, settings))
+    creds = store.load()
+    print(f"Saved API key {creds.api_key_hint if creds else ''} to {settings.config_path}.", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.store import CredentialStore
+    from webapp.tokens import status_report
+
+    creds = CredentialStore(settings.config_path).load()
+    report = status_report(creds, config_path=str(settings.config_path))
+    usable = creds is not None and (not report["expired"] or bool(creds.refresh_token))
+    if args.json:
+        print(json.dumps(report))
+        return 0 if usable else 1
+    if creds is None:
+        print(f"Not signed in. (config: {settings.config_path})")
+    elif creds.method == "api_key":
+        print(f"Signed in with an API key {creds.api_key_hint}.")
+    else:
+        print(f"Signed in with OAuth{' as ' + creds.email if creds.email else ''}.")
+        if creds.expires_at is not None:
+            from webapp.humanize import format_time_left, format_utc
+
+            left = format_time_left(creds.expires_at - int(time.time()))
+            print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
+        if report["expired"] and not creds.refresh_token:
+            print("  expired, and there is no refresh token: sign in again")
+    if creds is not None:
+        print(f"  config: {settings.config_path}")
+    return 0 if usable else 1
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.store import CredentialStore
+    from webapp.tokens import ensure_fresh
+
+    creds = ensure_fresh(CredentialStore(settings.config_path), settings)
+    print(creds.access_token if creds.method == "oauth" else creds.api_key, flush=True)
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.store import CredentialStore
+    from webapp.tokens import sign_out
+
+    result = asyncio.run(sign_out(CredentialStore(settings.config_path), settings))
+    if result.previous is None:
+        print("Not signed in; nothing to do.", file=sys.stderr)
+    elif result.revoked is False:
+        print("Signed out. The provider could not be reached to revoke the refresh token.", file=sys.stderr)
+    else:
+        print(f"Signed out; removed the credentials from {settings.config_path}.", file=sys.stderr)
+    return 0
+
+
+HANDLERS = {
+    "serve": cmd_serve,
+    "login": cmd_login,
+    "status": cmd_status,
+    "token": cmd_token,
+    "logout": cmd_logout,
+}

@@ -1,0 +1,20 @@
+"""Times for people: shared by the pages and the terminal, free of web imports."""
+
+from __future__ import annotations
+
+import time
+
+
+def format_utc(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
+def format_time_left(seconds: int) -> str:
+    """'3 h 12 min left', 'expired 5 min ago', 'less than a minute left'."""
+    span = abs(int(seconds))
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    text = " ".join(parts) if parts else "less than a minute"
+    return f"{text} left" if seconds > 0 else f"expired {text} ago"

@@ -1,0 +1,256 @@
+"""Serving the portal: loopback sockets, uvicorn, the launch URL, and the programmatic login API."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import html
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from webapp.errors import PortalError
+from webapp.oauth import LOGIN_TTL
+from webapp.settings import Settings
+from webapp.store import Credentials
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("codex_portal")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Options of `run_login_server`; None means: from the environment, else the default."""
+
+    port: int | None = None
+    issuer: str | None = None
+    client_id: str | None = None
+    scope: str | None = None
+    codex_home: Path | None = None
+    open_browser: bool = True
+
+    def settings(self) -> Settings:
+        settings = Settings.from_env()
+        config_path = self.codex_home / "config.toml" if self.codex_home else None
+        return settings.with_overrides(
+            port=self.port,
+            issuer=self.issuer,
+            client_id=self.client_id,
+            scope=self.scope,
+            config_path=config_path,
+            open_browser=self.open_browser,
+        )
+
+
+def bind_sockets(settings: Settings) -> list[socket.socket]:
+    """Listening sockets on the loopback addresses (both families when this machine has them)."""
+    sockets: list[socket.socket] = []
+    for host in settings.bind_hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, settings.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and family == socket.AF_INET6:
+                continue  # no IPv6 loopback here: 127.0.0.1 is enough
+            for other in sockets:
+                other.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortalError(
+                    f"port {settings.port} is already in use (is codex-portal already running?); "
+                    "stop it or choose another with --port"
+                ) from None
+            raise PortalError(f"cannot listen on {host} port {settings.port}: {exc.strerror}") from None
+        sockets.append(sock)
+    return sockets
+
+
+def open_in_browser(url: str) -> None:
+    """Open `url` without putting it in any process's argv (other users can read argv): the
+    browser is pointed at a private 0600 file that redirects, the way Jupyter does it."""
+    import webbrowser
+
+    folder = tempfile.mkdtemp(prefix="codex-portal-")
+    path = Path(folder) / "open.html"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    link = html.escape(url, quote=True)
+    page = (
+        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={link}">'
+        f'<title>codex-portal</title><p><a href="{link}">Open codex-portal</a></p>'
+    )
+    with os.fdopen(fd, "w") as f:
+        f.write(page)
+    try:
+        webbrowser.open(path.as_uri())
+    finally:
+        timer = threading.Timer(60.0, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True})
+        timer.daemon = True
+        timer.start()
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("codex_portal")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+async def serve_portal(
+    settings: Settings,
+    *,
+    launch_token: str,
+    on_ready: Callable[[], None],
+    stop: asyncio.Event | None = None,
+    on_login: Callable[[Credentials | None, str], None] | None = None,
+    app_ready: Callable[[FastAPI], None] | None = None,
+) -> None:
+    """Run the portal until `stop` is set (or a signal); `on_ready` runs once it answers."""
+    import uvicorn
+
+    from webapp.app import create_app
+
+    sockets = bind_sockets(settings)
+    app = create_app(settings, launch_token=launch_token, on_login=on_login)
+    if app_ready is not None:
+        app_ready(app)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,  # uvicorn's would print query strings, which carry codes
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=2,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+    server = uvicorn.Server(config)
+    _configure_logging()
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.01)
+        on_ready()
+        if stop is None:
+            await task
+            return
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        server.should_exit = True
+        await task
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def launch_url(settings: Settings, token: str) -> str:
+    return f"http://localhost:{settings.port}/?token={token}"
+
+
+def run_serve(settings: Settings) -> int:
+    from webapp.security import Sessions
+
+    token = Sessions.new_launch_token()
+    url = launch_url(settings, token)
+
+    def ready() -> None:
+        print(url, flush=True)
+        print(
+            f"codex-portal is serving {settings.config_path}; press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if settings.open_browser:
+            open_in_browser(url)
+
+    if settings.allow_remote:
+        print(
+            "Warning: listening beyond loopback (--allow-remote); anyone who can reach this port "
+            "and has the printed link can manage your credentials.",
+            file=sys.stderr,
+            flush=True,
+        )
+    asyncio.run(serve_portal(settings, launch_token=token, on_ready=ready))
+    return 0
+
+
+async def run_login_server(
+    options: ServerOptions | None = None, *, on_url: Callable[[str], None] | None = None
+) -> Credentials:
+    """Browser sign-in as the Codex CLI's `codex-login` does it: serve the callback, open the
+    provider's page, return the saved credentials once the tokens are in the config file."""
+    from webapp.security import Sessions
+
+    settings = (options or ServerOptions()).settings()
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[tuple[Credentials | None, str]] = loop.create_future()
+    stop = asyncio.Event()
+    apps: list[FastAPI] = []
+
+    def on_login(creds: Credentials | None, message: str) -> None:
+        if not outcome.done():
+            outcome.set_result((creds, message))
+
+    def ready() -> None:
+        from webapp.views import start_login
+
+        async def begin() -> None:
+            try:
+                url = await start_login(apps[0].state.portal)
+            except PortalError as exc:
+                if not outcome.done():
+                    outcome.set_exception(exc)
+                return
+            if on_url is not None:
+                on_url(url)
+            if settings.open_browser:
+                await asyncio.to_thread(open_in_browser, url)
+
+        asyncio.ensure_future(begin())
+
+    server = asyncio.create_task(
+        serve_portal(
+            settings,
+            launch_token=Sessions.new_launch_token(),
+            on_ready=ready,
+            stop=stop,
+            on_login=on_login,
+            app_ready=apps.append,
+        )
+    )
+    try:
+        waiter = asyncio.ensure_future(outcome)
+        pending: set[asyncio.Future[Any]] = {waiter, server}
+        done, _ = await asyncio.wait(pending, timeout=LOGIN_TTL, return_when=asyncio.FIRST_COMPLETED)
+        if server in done:
+            await server  # raises the reason it could not serve (e.g. the port is taken)
+            raise PortalError("the login server stopped before the sign-in finished")
+        if not done:
+            raise PortalError("the sign-in was not completed within 10 minutes")
+        creds, message = waiter.result()
+        if creds is None:
+            raise PortalError(message)
+        return creds
+    finally:
+        stop.set()
+        await asyncio.gather(server, return_exceptions=True)
