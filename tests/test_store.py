@@ -41,6 +41,15 @@ TOKENS = OAuthTokens(
     issuer="https://auth.example.com",
     client_id="app_test",
 )
+OAUTH = Credentials(
+    method="oauth",
+    access_token="at-secret-value",
+    refresh_token="rt-secret-value",
+    expires_at=1795566585,
+    id_token=TOKENS.id_token,
+    issuer="https://auth.example.com",
+    client_id="app_test",
+)
 OAUTH_BLOCK = (
     '[auth]\naccess_token = "at-secret-value"\nrefresh_token = "rt-secret-value"\nexpires_at = 1795566585\n'
     f'id_token = "{TOKENS.id_token}"\nissuer = "https://auth.example.com"\nclient_id = "app_test"\n'
@@ -97,7 +106,7 @@ def listing(folder: Path) -> list[str]:
             f'[auth]\napi_key = "{KEY}"\naccess_token = "at"\nexpires_at = 5\nissuer = "i"\n',
             Credentials(method="oauth", access_token="at", expires_at=5, issuer="i"),
         ),
-        (OAUTH_BLOCK, Credentials("oauth", *[getattr(TOKENS, f) for f in TOKENS.__dataclass_fields__])),
+        (OAUTH_BLOCK, OAUTH),
         ("\ufeff" + KEY_BLOCK, Credentials(method="api_key", api_key=KEY)),
         (KEY_BLOCK.replace("\n", "\r\n"), Credentials(method="api_key", api_key=KEY)),
     ],
@@ -198,7 +207,7 @@ def test_save_oauth_round_trip_and_method_switch(tmp_path: Path) -> None:
     assert store.save_oauth(TOKENS) is None
     assert read(store) == USER_TEXT + "\n" + OAUTH_BLOCK
     oauth = store.load()
-    assert oauth is not None and oauth.method == "oauth" and oauth.email == "ada@example.com"
+    assert oauth == OAUTH and oauth.email == "ada@example.com"
     assert store.save_api_key(KEY) == oauth
     assert read(store) == USER_TEXT + "\n" + KEY_BLOCK
     assert store.save_oauth(TOKENS) == Credentials(method="api_key", api_key=KEY)
@@ -230,6 +239,16 @@ def test_user_text_around_auth_is_byte_identical(tmp_path: Path) -> None:
     assert read(store) == head + f'[auth] # mine\n# the login\nkeep = true\napi_key = "{KEY}"\n' + tail
     store.clear()
     assert read(store) == head + "[auth] # mine\n# the login\nkeep = true\n" + tail
+
+
+def test_lines_tomlkit_would_rewrite_stay_byte_identical(tmp_path: Path) -> None:
+    # tomlkit 0.15.2 drops the space in `[1979-05-27 ]` and `{ d = 1979-05-27 }` on any dump.
+    text = 'dates = [1979-05-27 ]\nwhen = { d = 1979-05-27 }\n\n[auth]\napi_key = "sk-old"\n'
+    store = make_store(tmp_path, text)
+    store.save_oauth(TOKENS)
+    assert read(store) == text.replace('api_key = "sk-old"\n', OAUTH_BLOCK.removeprefix("[auth]\n"))
+    store.clear()
+    assert read(store) == "dates = [1979-05-27 ]\nwhen = { d = 1979-05-27 }\n"
 
 
 @pytest.mark.parametrize(
