@@ -15,10 +15,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from webapp.device import DeviceAuthorization
 from webapp.errors import PortalError
 from webapp.humanize import format_time_left, format_utc
 from webapp.oauth import PendingLogins
-from webapp.provider import discover, http_client
+from webapp.provider import ProviderMetadata, discover, http_client
 from webapp.security import SecurityMiddleware, Sessions
 from webapp.settings import Settings
 from webapp.store import Credentials, CredentialStore
@@ -35,6 +36,15 @@ def _asset_dir(name: str) -> Path:
 
 
 @dataclass
+class DeviceLogin:
+    """The one pending sign-in with a code, polled by a background task."""
+
+    device: DeviceAuthorization
+    task: asyncio.Task[None] | None = None
+    outcome: tuple[str, str] | None = None  # (kind, message) once it has ended
+
+
+@dataclass
 class Portal:
     settings: Settings
     store: CredentialStore
@@ -43,6 +53,8 @@ class Portal:
     results: dict[str, tuple[str, str]] = field(default_factory=dict)  # one-time callback results
     on_login: Callable[[Credentials | None, str], None] | None = None
     form_action_origins: set[str] = field(default_factory=set)
+    metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
+    device: DeviceLogin | None = None
 
     def note_provider_origin(self, url: str) -> None:
         parts = urlsplit(url)
@@ -75,6 +87,8 @@ def create_app(
         task = asyncio.create_task(_warm_discovery(portal))
         yield
         task.cancel()
+        if portal.device is not None and portal.device.task is not None:
+            portal.device.task.cancel()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -98,8 +112,8 @@ async def _warm_discovery(portal: Portal) -> None:
     """Learn the authorization endpoint's origin early, so the page's CSP form-action allows it."""
     try:
         async with http_client(portal.settings.timeout) as client:
-            metadata = await discover(portal.settings.issuer, client=client)
-        portal.note_provider_origin(metadata.authorization_endpoint)
+            portal.metadata = await discover(portal.settings.issuer, client=client)
+        portal.note_provider_origin(portal.metadata.authorization_endpoint)
     except PortalError:
         pass  # reported when the person signs in
 

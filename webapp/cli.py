@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _provider_flags(login)
-    login.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
+    how = login.add_mutually_exclusive_group()
+    how.add_argument("--device", action="store_true", help="sign in with a code entered on another device")
+    how.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
     status = sub.add_parser("status", help="show the login; exit 0 when signed in, 1 when not")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("token", help="print a valid access token (or the API key), refreshing it first if needed")
@@ -131,6 +133,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     if args.api_key:
         return _login_api_key(settings)
+    if args.device:
+        return asyncio.run(_login_device(settings))
     from webapp.server import ServerOptions, run_login_server
 
     options = ServerOptions(
@@ -148,6 +152,33 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
 
     creds = asyncio.run(run_login_server(options, on_url=show))
     who = f" as {creds.email}" if creds.email else ""
+    print(f"Signed in{who}. Saved to {settings.config_path}.", file=sys.stderr)
+    return 0
+
+
+async def _login_device(settings: Settings) -> int:
+    from webapp.device import complete_device_login, start_device_flow
+    from webapp.provider import discover, http_client
+    from webapp.store import CredentialStore
+
+    async with http_client(settings.timeout) as client:
+        metadata = await discover(settings.issuer, client=client)
+    device = await start_device_flow(
+        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
+    )
+    minutes = max(1, device.expires_in // 60)
+    print(
+        f"On any device, open {device.verification_uri} and enter this code (valid {minutes} min):",
+        file=sys.stderr,
+    )
+    print(device.user_code, flush=True)
+    if device.verification_uri_complete:
+        print(f"Or open {device.verification_uri_complete}", file=sys.stderr)
+    print("Waiting...", file=sys.stderr, flush=True)
+    result = await complete_device_login(
+        metadata, device, settings=settings, store=CredentialStore(settings.config_path)
+    )
+    who = f" as {result.email}" if result.email else ""
     print(f"Signed in{who}. Saved to {settings.config_path}.", file=sys.stderr)
     return 0
 

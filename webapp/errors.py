@@ -44,7 +44,12 @@ class OAuthError(PortalError):
 
 
 class DeviceFlowError(OAuthError):
-    pass
+    """An end state of RFC 8628 polling; the message says what to do."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(error, description)
+        self.message = description
+        self.args = (description,)
 
 
 class LoginError(PortalError):

@@ -14,11 +14,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from webapp.app import Portal
+from webapp.app import DeviceLogin, Portal
+from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
 from webapp.oauth import authorization_url, exchange_code
-from webapp.provider import discover, http_client
+from webapp.provider import ProviderMetadata, discover, http_client
 from webapp.security import Session
 from webapp.store import Credentials, validate_api_key
 from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out, status_report
@@ -107,6 +108,8 @@ async def _render_status(
         "now": int(time.time()),
         "settings": portal.settings,
         "seen": _seen_digest(creds.access_token) if creds else "",
+        "device_unavailable": portal.metadata is not None
+        and not portal.metadata.device_authorization_endpoint,
     }
     return _render(request, "status.html", context, status_code)
 
@@ -128,11 +131,16 @@ async def login_start(request: Request) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
+async def _metadata(portal: Portal) -> ProviderMetadata:
+    async with http_client(portal.settings.timeout) as client:
+        portal.metadata = await discover(portal.settings.issuer, client=client)
+    portal.note_provider_origin(portal.metadata.authorization_endpoint)
+    return portal.metadata
+
+
 async def start_login(portal: Portal) -> str:
     """A new pending sign-in and the provider URL that begins it."""
-    async with http_client(portal.settings.timeout) as client:
-        metadata = await discover(portal.settings.issuer, client=client)
-    portal.note_provider_origin(metadata.authorization_endpoint)
+    metadata = await _metadata(portal)
     return authorization_url(metadata, portal.logins.new(portal.settings))
 
 
@@ -270,4 +278,82 @@ async def logout(request: Request) -> Response:
         )
     else:
         session.flash("Signed out. The credentials were removed from the config file.", "success")
+    return _home()
+
+
+@router.post("/device", name="device_start")
+async def device_start(request: Request) -> Response:
+    await _checked_form(request)
+    portal = _portal(request)
+    metadata = await _metadata(portal)
+    settings = portal.settings
+    device = await start_device_flow(
+        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
+    )
+    _cancel_device(portal)  # one pending sign-in with a code at a time
+    login = DeviceLogin(device=device)
+    login.task = asyncio.create_task(_run_device_login(portal, metadata, login))
+    portal.device = login
+    return RedirectResponse("/device", status_code=303)
+
+
+async def _run_device_login(portal: Portal, metadata: ProviderMetadata, login: DeviceLogin) -> None:
+    try:
+        result = await complete_device_login(
+            metadata, login.device, settings=portal.settings, store=portal.store
+        )
+    except PortalError as exc:
+        login.outcome = ("error", f"Sign-in with a code failed: {exc.message}")
+        if portal.on_login is not None:
+            portal.on_login(None, login.outcome[1])
+        return
+    who = f" as {result.email}" if result.email else ""
+    login.outcome = ("success", f"Signed in{who}. The Codex CLI will use this account.")
+    if portal.on_login is not None:
+        portal.on_login(await asyncio.to_thread(portal.store.load), login.outcome[1])
+
+
+def _cancel_device(portal: Portal) -> None:
+    if portal.device is not None and portal.device.task is not None:
+        portal.device.task.cancel()
+    portal.device = None
+
+
+@router.get("/device", name="device_page")
+async def device_page(request: Request) -> Response:
+    session = _require_session(request)
+    portal = _portal(request)
+    login = portal.device
+    if login is None:
+        return _home()
+    if login.outcome is not None:
+        session.flash(login.outcome[1], login.outcome[0])
+        portal.device = None
+        return _home()
+    context = {
+        "device": login.device,
+        "seconds_left": login.device.seconds_left(),
+        "csrf_token": session.csrf_token,
+    }
+    return _render(request, "device.html", context)
+
+
+@router.get("/api/device", name="api_device")
+async def api_device(request: Request) -> Response:
+    if _session(request) is None:
+        return JSONResponse({"error": NO_SESSION}, status_code=403)
+    login = _portal(request).device
+    if login is None:
+        return JSONResponse({"state": "none"})
+    state = "pending" if login.outcome is None else login.outcome[0]
+    return JSONResponse({"state": state, "seconds_left": login.device.seconds_left()})
+
+
+@router.post("/device/cancel", name="device_cancel")
+async def device_cancel(request: Request) -> Response:
+    session, _ = await _checked_form(request)
+    portal = _portal(request)
+    if portal.device is not None:
+        _cancel_device(portal)
+        session.flash("Sign-in with a code cancelled. Nothing was changed.")
     return _home()
