@@ -12,7 +12,6 @@ from types import TracebackType
 import httpx2
 
 from tests.idp import TestProvider
-
 from webapp.server import serve_portal
 from webapp.settings import Settings
 

@@ -120,13 +120,17 @@ def test_taken_port_is_a_clear_error(codex_home: Path) -> None:
             env={**os.environ, "CODEX_PORTAL_ISSUER": "http://127.0.0.1:9"},
         )
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == f"Error: port {port} is already in use (is codex-portal already running?); stop it or choose another with --port"
+    assert result.stderr.strip() == (
+        f"Error: port {port} is already in use (is codex-portal already running?); "
+        "stop it or choose another with --port"
     )
 
 
 def test_status_does_not_import_the_web_stack(codex_home: Path) -> None:
-    code = "import sys; from webapp.cli import main; main(['status']); print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn', 'httpx2', 'authlib', 'tomlkit', 'jinja2')))"
+    heavy = ("fastapi", "starlette", "uvicorn", "httpx2", "authlib", "tomlkit", "jinja2")
+    code = (
+        "import sys; from webapp.cli import main; main(['status']); "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert out.stdout.strip().splitlines()[-1] == "[]"

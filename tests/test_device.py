@@ -22,6 +22,7 @@ from webapp.device import DeviceAuthorization, poll_device_token, start_device_f
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
 from webapp.provider import ProviderMetadata
 from webapp.settings import Settings
+from webapp.store import OAuthTokens
 
 META = ProviderMetadata(
     issuer="https://idp.test",
@@ -68,7 +69,7 @@ def _token_endpoint(answers: list[object]) -> httpx2.MockTransport:
     return httpx2.MockTransport(handler)
 
 
-def _poll(answers: list[object], device: DeviceAuthorization, fake: FakeTime) -> object:
+def _poll(answers: list[object], device: DeviceAuthorization, fake: FakeTime) -> OAuthTokens:
     return asyncio.run(
         poll_device_token(
             META,
@@ -98,7 +99,7 @@ def test_slow_down_adds_five_seconds_and_keeps_them() -> None:
     ]
     tokens = _poll(answers, _device(), fake)
     assert fake.sleeps == [5, 5, 10, 10, 15, 15]
-    assert getattr(tokens, "refresh_token") == "rt"
+    assert tokens.refresh_token == "rt"
 
 
 def test_network_errors_back_off_then_recover() -> None:

@@ -53,7 +53,7 @@ def _expire(settings: Settings) -> None:
     """Make the saved access token look expired, as an external writer honouring the lock would."""
     with CredentialStore(settings.config_path).transaction():
         doc = tomlkit.parse(settings.config_path.read_text())
-        doc["auth"]["expires_at"] = 1_000_000  # type: ignore[index]
+        doc["auth"]["expires_at"] = 1_000_000
         settings.config_path.write_text(tomlkit.dumps(doc))
 
 
@@ -209,8 +209,8 @@ def test_unreachable_provider_keeps_the_tokens(
 ) -> None:
     with CredentialStore(settings.config_path).transaction():
         doc = tomlkit.parse(settings.config_path.read_text())
-        doc["auth"]["issuer"] = "http://127.0.0.1:9"  # type: ignore[index]
-        doc["auth"]["expires_at"] = 1_000_000  # type: ignore[index]
+        doc["auth"]["issuer"] = "http://127.0.0.1:9"
+        doc["auth"]["expires_at"] = 1_000_000
         settings.config_path.write_text(tomlkit.dumps(doc))
     before = settings.config_path.read_text()
     out = subprocess.run(_token_cmd(settings), env=_env(settings), capture_output=True, text=True)
