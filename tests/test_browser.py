@@ -1,0 +1,334 @@
+"""The portal in a real browser: Debian's Chromium, driven by Playwright, as a person uses it.
+
+The browser signs in on the real OpenID provider's own pages (``idp``), saves an API key and signs
+out, with the portal's Content-Security-Policy enforced: a CSP violation shows up as a console error
+(asserted) or breaks the journey. Every request the browser makes is recorded: none may leave
+loopback. axe-core checks each page the person meets.
+
+axe runs in the journey's own page, CSP and all: axe-playwright-python injects axe-core with
+``page.evaluate`` (the DevTools protocol, which the page's CSP does not govern), not with a
+``<script>`` tag, so no ``bypass_csp`` context is needed, and axe sees the pages as the person does,
+notices included (a second context would share the session but not its one-time notices).
+
+Set ``UPDATE_SCREENSHOTS=1`` to refresh ``docs/status-signed-in.png``; otherwise the screenshot is
+taken (so it keeps working) into the test's temporary directory, leaving the checkout untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Error,
+    Frame,
+    Page,
+    Playwright,
+    Request,
+    expect,
+    sync_playwright,
+)
+
+from tests.conftest import free_port
+from tests.idp import TestProvider
+from tests.portal import PortalServer
+from webapp.settings import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    # Only loopback names resolve: Chromium's own calls home fail instead of leaving the machine.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+LOOPBACK = frozenset({"localhost", "127.0.0.1"})
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-signed-in.png"
+USER_FILE = (
+    "# Codex CLI settings, edited by hand\n"
+    'model = "o3"  # the default model\n'
+    'approval_policy = "on-request"\n'
+    "\n"
+    "[tools]\n"
+    "web_search = true  # keep me\n"
+    "\n"
+    "[mcp_servers.docs]\n"
+    'command = "npx"\n'
+    'args = ["-y", "docs-server"]\n'
+)
+API_KEY = "sk-test-0123456789abcdefwxyz"
+SECRETS_IN_URLS = ("code=", "state=", "token=")
+
+
+# ---- the browser -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (Debian's chromium package)")
+    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+    yield chromium
+    chromium.close()
+
+
+@dataclass
+class Watched:
+    """One browser context and its page, with everything they did recorded."""
+
+    context: BrowserContext
+    page: Page
+    requests: list[Request] = field(default_factory=list)
+    navigations: list[str] = field(default_factory=list)  # committed main-frame URLs, in order
+    console_errors: list[ConsoleMessage] = field(default_factory=list)
+    page_errors: list[Error] = field(default_factory=list)
+
+    def hosts(self) -> set[str]:
+        return {urlsplit(request.url).hostname or request.url for request in self.requests}
+
+    def errors_outside(self, origin: str) -> list[str]:
+        """Console errors and uncaught exceptions, except those of pages from `origin`.
+
+        A CSP violation is a console error, sometimes without a URL: those count as the portal's.
+        """
+        return [
+            f"{message.text} at {message.location.get('url') or '?'}"
+            for message in self.console_errors
+            if not str(message.location.get("url", "")).startswith(f"{origin}/")
+        ] + [f"uncaught: {error}" for error in self.page_errors]
+
+    def history(self) -> list[str]:
+        """The URLs of the tab's back/forward list (Chromium's DevTools protocol)."""
+        cdp = self.context.new_cdp_session(self.page)
+        try:
+            entries: list[dict[str, Any]] = cdp.send("Page.getNavigationHistory")["entries"]
+        finally:
+            cdp.detach()
+        return [str(entry["url"]) for entry in entries]
+
+
+def _watch(context: BrowserContext) -> Watched:
+    page = context.new_page()
+    watched = Watched(context, page)
+
+    def on_request(request: Request) -> None:
+        watched.requests.append(request)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            watched.console_errors.append(message)
+
+    def on_navigated(frame: Frame) -> None:
+        if frame.parent_frame is None:
+            watched.navigations.append(frame.url)
+
+    def on_page_error(error: Error) -> None:
+        watched.page_errors.append(error)
+
+    context.on("request", on_request)
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    page.on("framenavigated", on_navigated)
+    return watched
+
+
+def _styled(page: Page) -> None:
+    """Wait for the page's stylesheet: the DOM can be there (and pass `expect`) before it applies."""
+    page.wait_for_load_state("load")
+
+
+def _assert_accessible(page: Page, what: str) -> None:
+    _styled(page)
+    results = Axe().run(page)
+    found = [
+        f"{violation['id']} ({violation['impact']}): {[node['target'] for node in violation['nodes']]}"
+        for violation in results.response["violations"]
+    ]
+    assert not found, f"axe-core on {what} ({page.url}):\n" + "\n".join(found)
+
+
+def _assert_no_horizontal_scroll(page: Page, width: int) -> None:
+    _styled(page)
+    scroll_width = page.evaluate("document.documentElement.scrollWidth")
+    wide = page.evaluate(
+        """width => [...document.querySelectorAll("body *")]
+            .map(e => [e, Math.round(e.getBoundingClientRect().right)])
+            .filter(([e, right]) => right > width)
+            .map(([e, right]) => `<${e.localName} class="${e.className}"> right=${right}: `
+                + e.textContent.trim().slice(0, 60))""",
+        width,
+    )
+    assert scroll_width <= width, f"{page.url} scrolls sideways ({scroll_width} px); too wide: {wide}"
+
+
+# ---- the portal --------------------------------------------------------------------------------
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    config = tmp_path / "codex" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(USER_FILE)
+    return config
+
+
+@pytest.fixture
+def portal(idp: TestProvider, config_file: Path) -> Iterator[PortalServer]:
+    settings = Settings(
+        config_path=config_file,
+        issuer=idp.issuer,
+        client_id=idp.client_id,
+        port=free_port(),
+        open_browser=False,
+    )
+    with PortalServer(settings, launch_token=secrets.token_urlsafe(32)) as server:
+        yield server
+
+
+def _auth(config_file: Path) -> dict[str, Any]:
+    text = config_file.read_text()
+    assert text.startswith(USER_FILE), "the user's own lines changed"
+    rest = tomllib.loads(text[len(USER_FILE) :])
+    assert set(rest) == {"auth"}, f"only [auth] may follow the user's lines: {text[len(USER_FILE) :]!r}"
+    return dict(rest["auth"])
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+def test_a_person_signs_in_saves_a_key_and_signs_out(
+    browser: Browser, idp: TestProvider, portal: PortalServer, config_file: Path, tmp_path: Path
+) -> None:
+    home = f"{portal.base_url}/"
+    context = browser.new_context(viewport={"width": 1000, "height": 800})  # CSP enforced
+    watched = _watch(context)
+    page = watched.page
+    try:
+        # 1. The link from the terminal opens the status page; the token leaves the address bar.
+        response = page.goto(portal.launch_url)
+        expect(page).to_have_url(home)
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not signed in")
+        assert response is not None and response.url == home
+        assert "script-src 'self'" in (response.header_value("content-security-policy") or "")
+        _assert_accessible(page, "the status page, signed out")
+
+        # 2. Sign in on the provider's own pages, and come back signed in.
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page).to_have_url(re.compile(rf"^{re.escape(idp.issuer)}/interaction/"))
+        expect(page.get_by_role("heading", name="Sign-in")).to_be_visible()
+        page.locator('input[name="login"]').fill("alice")
+        page.locator('input[name="password"]').fill("any password at all")
+        page.get_by_role("button", name="Sign-in", exact=True).click()
+        expect(page.get_by_role("heading", name="Authorize")).to_be_visible()
+        before_callback = len(watched.navigations)
+        page.get_by_role("button", name="Continue", exact=True).click()
+        expect(page).to_have_url(home)
+        expect(page.get_by_role("heading", level=1)).to_have_text("Signed in")
+        expect(page.get_by_role("status")).to_contain_text("Signed in as alice@example.test")
+
+        # The callback (it carries the code) was only ever a redirect, never a page to see or go back to.
+        callbacks = [r for r in watched.requests if urlsplit(r.url).path == "/auth/callback"]
+        assert len(callbacks) == 1 and "code=" in callbacks[0].url
+        redirected_to = callbacks[0].redirected_to
+        assert redirected_to is not None and redirected_to.url == home
+        assert watched.navigations[before_callback:] == [home]
+        history = watched.history()
+        assert history[-1] == home
+        assert not [url for url in history if any(part in url for part in SECRETS_IN_URLS)], history
+
+        auth = _auth(config_file)
+        assert set(auth) == {"access_token", "refresh_token", "expires_at", "id_token", "issuer", "client_id"}
+        assert isinstance(auth["expires_at"], int)
+        assert auth["issuer"] == idp.issuer and auth["client_id"] == idp.client_id
+        shown = page.content()
+        for name in ("access_token", "refresh_token", "id_token"):
+            assert str(auth[name]) not in shown, f"the page shows the {name}"
+        _assert_accessible(page, "the status page, signed in")
+
+        # 3. The picture of the signed-in status page.
+        shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "signed-in.png"
+        _styled(page)
+        page.screenshot(path=shot, full_page=True)
+        assert shot.stat().st_size > 0
+
+        # 4. An API key instead: the page shows only its last four characters.
+        page.get_by_label("API key", exact=True).fill(API_KEY)
+        page.get_by_role("button", name="Save API key").click()
+        expect(page).to_have_url(home)
+        expect(page.get_by_role("status")).to_contain_text("sk-…wxyz")
+        expect(page.locator("main")).to_contain_text("sk-…wxyz")
+        expect(page.locator("body")).not_to_contain_text(API_KEY)
+        assert API_KEY not in page.content()
+        assert _auth(config_file) == {"api_key": API_KEY}
+        _assert_accessible(page, "the status page, with an API key and its notice")
+
+        # The sign-out confirmation page (GET /logout), then back with its Cancel link.
+        page.goto(f"{portal.base_url}/logout")
+        expect(page.get_by_role("heading", level=1)).to_have_text("Sign out")
+        expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+        _assert_accessible(page, "the sign-out confirmation page, signed in")
+        page.get_by_role("link", name="Cancel").click()
+        expect(page).to_have_url(home)
+        assert _auth(config_file) == {"api_key": API_KEY}
+
+        # 5. Sign out: the user's file is exactly as it was.
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(home)
+        expect(page.get_by_role("status")).to_contain_text("Signed out")
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not signed in")
+        assert config_file.read_bytes() == USER_FILE.encode()
+        _assert_accessible(page, "the status page, signed out, with its notice")
+        page.goto(f"{portal.base_url}/logout")
+        expect(page.get_by_text("You are not signed in.")).to_be_visible()
+        _assert_accessible(page, "the sign-out page, signed out")
+
+        # 6. Nothing left loopback, nothing broke the portal's pages, no secret in the history.
+        assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())
+        assert watched.requests
+        # (The provider's pages are not ours: their missing /favicon.ico logs a 404.)
+        assert not watched.errors_outside(idp.issuer)
+        history = watched.history()
+        assert not [url for url in history if any(part in url for part in SECRETS_IN_URLS)], history
+    finally:
+        context.close()
+
+
+def test_dark_mode_on_a_phone_has_no_horizontal_scroll(
+    browser: Browser, idp: TestProvider, portal: PortalServer, tmp_path: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740}, color_scheme="dark")
+    watched = _watch(context)
+    page = watched.page
+    try:
+        page.goto(portal.launch_url)
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not signed in")
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", "the dark palette is not applied"
+        _assert_no_horizontal_scroll(page, 360)
+        _assert_accessible(page, "the status page in dark mode, 360 px wide")
+        page.screenshot(path=tmp_path / "dark-360-signed-out.png", full_page=True)
+
+        page.get_by_label("API key", exact=True).fill(API_KEY)
+        page.get_by_role("button", name="Save API key").click()
+        expect(page.get_by_role("status")).to_contain_text("sk-…wxyz")
+        _assert_no_horizontal_scroll(page, 360)
+        _assert_accessible(page, "the status page in dark mode, 360 px wide, with an API key")
+        page.screenshot(path=tmp_path / "dark-360-api-key.png", full_page=True)
+
+        assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())
+        assert not watched.errors_outside(idp.issuer)
+    finally:
+        context.close()
