@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import errno
+import functools
 import html
 import logging
 import os
@@ -96,12 +98,12 @@ def open_in_browser(url: str) -> None:
     )
     with os.fdopen(fd, "w") as f:
         f.write(page)
-    try:
-        webbrowser.open(path.as_uri())
-    finally:
-        timer = threading.Timer(60.0, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True})
-        timer.daemon = True
-        timer.start()
+    remove = functools.partial(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(remove)  # whichever comes first: a minute for the browser to read it, or exit
+    timer = threading.Timer(60.0, remove)
+    timer.daemon = True
+    timer.start()
+    webbrowser.open(path.as_uri())
 
 
 def _configure_logging() -> None:
@@ -206,6 +208,7 @@ async def run_login_server(
     outcome: asyncio.Future[tuple[Credentials | None, str]] = loop.create_future()
     stop = asyncio.Event()
     apps: list[FastAPI] = []
+    tasks: list[asyncio.Future[None]] = []
 
     def on_login(creds: Credentials | None, message: str) -> None:
         if not outcome.done():
@@ -223,10 +226,12 @@ async def run_login_server(
                 return
             if on_url is not None:
                 on_url(url)
+            else:
+                print(f"Sign in in your browser. If it did not open, open this link:\n{url}", file=sys.stderr)
             if settings.open_browser:
                 await asyncio.to_thread(open_in_browser, url)
 
-        asyncio.ensure_future(begin())
+        tasks.append(asyncio.ensure_future(begin()))
 
     server = asyncio.create_task(
         serve_portal(
