@@ -94,3 +94,25 @@ def test_sign_in_with_unreachable_provider_says_so(browser_client: TestClient) -
     response = browser_client.post("/login", data={"csrf_token": csrf_token(browser_client)})
     assert response.status_code == 502
     assert "could not discover the endpoints of http://127.0.0.1:9" in response.text
+
+
+def test_sign_in_with_a_code_says_why_it_is_unavailable(browser_client: TestClient) -> None:
+    from webapp.provider import ProviderMetadata
+
+    portal = browser_client.app.state.portal  # type: ignore[attr-defined]
+    portal.metadata = ProviderMetadata(
+        issuer="http://127.0.0.1:9", authorization_endpoint="a", token_endpoint="t"
+    )
+    page = browser_client.get("/").text
+    assert re.search(
+        r'<button type="submit" class="secondary" disabled aria-describedby="device-note">\s*Sign in with a code',
+        page,
+    )
+    assert re.search(r"offers no device\s+authorization endpoint", page)
+    portal.metadata = ProviderMetadata(
+        issuer="http://127.0.0.1:9",
+        authorization_endpoint="a",
+        token_endpoint="t",
+        device_authorization_endpoint="d",
+    )
+    assert "disabled" not in browser_client.get("/").text
