@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from webapp.device import DeviceAuthorization
 from webapp.errors import PortalError
-from webapp.humanize import format_time_left, format_utc
+from webapp.humanize import format_iso, format_time_left, format_utc
 from webapp.oauth import PendingLogins
 from webapp.provider import ProviderMetadata, discover, http_client
 from webapp.security import SecurityMiddleware, Sessions
@@ -64,6 +64,7 @@ class Portal:
 templates = Jinja2Templates(directory=str(_asset_dir("templates")))
 templates.env.filters["utc"] = format_utc
 templates.env.filters["time_left"] = format_time_left
+templates.env.filters["iso"] = format_iso
 
 
 def create_app(

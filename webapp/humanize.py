@@ -18,3 +18,7 @@ def format_time_left(seconds: int) -> str:
     parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
     text = " ".join(parts) if parts else "less than a minute"
     return f"{text} left" if seconds > 0 else f"expired {text} ago"
+
+
+def format_iso(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from webapp.app import DeviceLogin, Portal
+from webapp.checks import config_warnings
 from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
@@ -110,6 +111,7 @@ async def _render_status(
         "seen": _seen_digest(creds.access_token) if creds else "",
         "device_unavailable": portal.metadata is not None
         and not portal.metadata.device_authorization_endpoint,
+        "warnings": config_warnings(portal.settings.config_path),
     }
     return _render(request, "status.html", context, status_code)
 

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from webapp.checks import config_warnings
+
+
+def test_no_warnings_for_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    path.chmod(0o600)
+    assert config_warnings(path, {}) == []
+    assert config_warnings(tmp_path / "missing.toml", {}) == []
+
+
+def test_file_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    path.chmod(0o644)
+    [warning] = config_warnings(path, {})
+    assert "can be read by other users" in warning and "0644" in warning and f"chmod 600 {path}" in warning
+
+
+def test_symlinked_file(tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles" / "codex.toml"
+    target.parent.mkdir()
+    target.write_text("")
+    target.chmod(0o600)
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    [warning] = config_warnings(link, {})
+    assert "is a symlink to" in warning and str(target) in warning
+
+
+def test_environment_variables_are_named_never_shown(tmp_path: Path) -> None:
+    warnings = config_warnings(
+        tmp_path / "config.toml", {"OPENAI_API_KEY": "sk-secret-value", "CODEX_API_KEY": ""}
+    )
+    assert len(warnings) == 1
+    assert "OPENAI_API_KEY is set" in warnings[0] and "sk-secret-value" not in warnings[0]
+
+
+def test_status_page_shows_warnings_and_the_expired_state(
+    browser_client: TestClient, config_path: Path
+) -> None:
+    config_path.parent.mkdir(parents=True)
+    config_path.write_text('[auth]\naccess_token = "at"\nexpires_at = 1000\n')
+    os.chmod(config_path, 0o644)
+    page = browser_client.get("/").text
+    assert "Session expired" in page
+    assert "cannot be\n  refreshed: sign in again" in page
+    assert "can be read by other users" in page
+    config_path.write_text('[auth]\naccess_token = "at"\nrefresh_token = "rt"\nexpires_at = 1000\n')
+    page = browser_client.get("/").text
+    assert "press <strong>Refresh</strong> now" in page
+    assert 'data-expires="1000"' in page and "expired" in page
