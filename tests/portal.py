@@ -69,7 +69,11 @@ def sign_in(idp: TestProvider, browser: httpx2.Client, login: str = "alice") -> 
     """The browser sign-in as a person does it, the provider's pages driven without a browser."""
     start = browser.post("/login", data={"csrf_token": page_csrf(browser)})
     assert start.status_code == 303
-    callback = idp.login_without_browser(start.headers["location"], login=login)
+    authorize = start.headers["location"]
+    assert authorize.startswith(idp.issuer)
+    assert "code_challenge_method=S256" in authorize and "state=" in authorize and "nonce=" in authorize
+    callback = idp.login_without_browser(authorize, login=login)
+    assert callback.startswith(f"{browser.base_url}/auth/callback?")
     return browser.get(callback)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tomllib
@@ -15,7 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer
+from tests.portal import PortalServer, page_csrf, sign_in
 from webapp.settings import Settings
 
 LAUNCH = "flow-launch-token-0123456789abcdefghij"
@@ -45,23 +44,6 @@ def browser(portal: PortalServer) -> Iterator[httpx2.Client]:
         yield client
 
 
-def _csrf(client: httpx2.Client) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").text)
-    assert match
-    return match.group(1)
-
-
-def _sign_in(idp: TestProvider, browser: httpx2.Client, login: str = "alice") -> httpx2.Response:
-    start = browser.post("/login", data={"csrf_token": _csrf(browser)})
-    assert start.status_code == 303
-    authorize = start.headers["location"]
-    assert authorize.startswith(idp.issuer)
-    assert "code_challenge_method=S256" in authorize and "state=" in authorize and "nonce=" in authorize
-    callback = idp.login_without_browser(authorize, login=login)
-    assert callback.startswith(f"{browser.base_url}/auth/callback?")
-    return browser.get(callback)
-
-
 def _auth(path: Path) -> dict[str, object]:
     return dict(tomllib.loads(path.read_text()).get("auth", {}))
 
@@ -69,7 +51,7 @@ def _auth(path: Path) -> dict[str, object]:
 def test_browser_sign_in_saves_tokens_and_keeps_the_file(
     idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
 ) -> None:
-    done = _sign_in(idp, browser)
+    done = sign_in(idp, browser)
     assert done.status_code == 303 and done.headers["location"] == "/"  # the code leaves the address bar
     auth = _auth(portal_settings.config_path)
     assert set(auth) == {"access_token", "refresh_token", "expires_at", "id_token", "issuer", "client_id"}
@@ -87,7 +69,7 @@ def test_browser_sign_in_saves_tokens_and_keeps_the_file(
 
 
 def test_callback_is_one_time(idp: TestProvider, browser: httpx2.Client, portal_settings: Settings) -> None:
-    start = browser.post("/login", data={"csrf_token": _csrf(browser)})
+    start = browser.post("/login", data={"csrf_token": page_csrf(browser)})
     callback = idp.login_without_browser(start.headers["location"])
     assert browser.get(callback).status_code == 303
     saved = portal_settings.config_path.read_text()
@@ -100,7 +82,7 @@ def test_callback_is_one_time(idp: TestProvider, browser: httpx2.Client, portal_
 def test_provider_refusal_changes_nothing(
     idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
 ) -> None:
-    start = browser.post("/login", data={"csrf_token": _csrf(browser)})
+    start = browser.post("/login", data={"csrf_token": page_csrf(browser)})
     callback = idp.login_without_browser(start.headers["location"], approve=False)
     response = browser.get(callback)
     assert response.status_code == 303
@@ -111,9 +93,9 @@ def test_provider_refusal_changes_nothing(
 def test_sign_in_again_revokes_the_old_refresh_token_after_saving(
     idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
 ) -> None:
-    _sign_in(idp, browser)
+    sign_in(idp, browser)
     old = _auth(portal_settings.config_path)
-    _sign_in(idp, browser, login="bob")
+    sign_in(idp, browser, login="bob")
     new = _auth(portal_settings.config_path)
     assert new["refresh_token"] != old["refresh_token"]
     assert "Signed in as bob@example.test" in browser.get("/").text
@@ -131,10 +113,10 @@ def test_sign_in_again_revokes_the_old_refresh_token_after_saving(
 def test_sign_out_revokes_and_removes_auth(
     idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
 ) -> None:
-    _sign_in(idp, browser)
+    sign_in(idp, browser)
     refresh_token = _auth(portal_settings.config_path)["refresh_token"]
     before = len(idp.events("revocation.success"))
-    response = browser.post("/logout", data={"csrf_token": _csrf(browser)})
+    response = browser.post("/logout", data={"csrf_token": page_csrf(browser)})
     assert response.status_code == 303
     assert portal_settings.config_path.read_text() == USER_FILE
     assert len(idp.events("revocation.success")) == before + 1
@@ -160,7 +142,7 @@ def test_email_from_userinfo_when_the_id_token_has_none(tmp_path: Path) -> None:
             httpx2.Client(base_url=server.base_url) as browser,
         ):
             browser.get(f"/?token={LAUNCH}", follow_redirects=False)
-            _sign_in(idp, browser)
+            sign_in(idp, browser)
             assert "Signed in as alice@example.test" in browser.get("/").text
 
 
