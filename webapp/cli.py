@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from webapp import __version__
 from webapp.errors import PortalError
@@ -25,6 +26,15 @@ where things are read from (first found wins):
                 CODEX_PORTAL_SCOPE, then the Codex CLI's defaults
   port          --port, then CODEX_PORTAL_PORT, then 1455
 """
+
+
+def _provider_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A command that talks to the provider: the provider flags, and where settings come from."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _provider_flags(parser)
+    return parser
 
 
 def _provider_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,24 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"codex-portal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser(
-        "serve",
-        help="start the portal and open it in the browser (the default)",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _provider_flags(serve)
+    serve = _provider_command(sub, "serve", "start the portal and open it in the browser (the default)")
     serve.add_argument(
         "--allow-remote", action="store_true", help="allow --host to be a non-loopback address"
     )
     serve.add_argument("--host", action="append", help="address to listen on (default 127.0.0.1 and ::1)")
-    login = sub.add_parser(
-        "login",
-        help="sign in once from the terminal, then exit",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _provider_flags(login)
+    login = _provider_command(sub, "login", "sign in once from the terminal, then exit")
     how = login.add_mutually_exclusive_group()
     how.add_argument("--device", action="store_true", help="sign in with a code entered on another device")
     how.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
