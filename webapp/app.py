@@ -20,11 +20,10 @@ from webapp.errors import PortalError
 from webapp.humanize import format_iso, format_time_left, format_utc
 from webapp.oauth import PendingLogins
 from webapp.provider import ProviderMetadata, discover, http_client
-from webapp.security import SecurityMiddleware, Sessions
+from webapp.security import MAX_BODY, SecurityMiddleware, Sessions
 from webapp.settings import Settings
 from webapp.store import Credentials, CredentialStore
 
-MAX_BODY = 16 * 1024
 PACKAGE = Path(__file__).resolve().parent
 log = logging.getLogger("codex_portal")
 
@@ -96,12 +95,11 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        max_body_size=MAX_BODY,
     )
     app.state.portal = portal
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=str(_asset_dir("static"))), name="static")
-    app.include_router(router)
+    app.include_router(router, max_body_size=MAX_BODY)  # inside SecurityMiddleware: 413s get its headers
     app.add_middleware(
         SecurityMiddleware, port=settings.port, form_action=lambda: sorted(portal.form_action_origins)
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_BODY = 16 * 1024
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 64
 access_log = logging.getLogger("codex_portal.access")
@@ -35,8 +36,16 @@ def allowed_hosts(port: int) -> frozenset[str]:
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, *, port: int, form_action: Callable[[], Iterable[str]] = tuple) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        port: int,
+        max_body: int = MAX_BODY,
+        form_action: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.app = app
+        self.max_body = max_body
         self.hosts = allowed_hosts(port)
         self.origins = frozenset(f"http://{host}" for host in self.hosts)
         self.form_action = form_action
@@ -50,6 +59,8 @@ class SecurityMiddleware:
         send = self._with_headers(send, status_holder)
         if headers.get("host", "").lower() not in self.hosts:
             await _plain(send, 400, "Invalid Host header: codex-portal answers only on localhost.")
+        elif _declared_length(headers) > self.max_body:
+            await _plain(send, 413, "Request body too large.")
         elif scope["method"] not in SAFE_METHODS and not self._same_origin(headers):
             await _plain(send, 403, "Cross-origin request refused.")
         else:
@@ -68,27 +79,38 @@ class SecurityMiddleware:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self._headers() if k not in names]
+                extra = [(k, v) for k, v in security_headers(self.form_action()) if k not in names]
+                if message["status"] == 413 and b"connection" not in names:
+                    extra.append((b"connection", b"close"))  # never drain a body we refused
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
         return send_with_headers
 
-    def _headers(self) -> list[tuple[bytes, bytes]]:
-        form_action = " ".join(["'self'", *self.form_action()])
-        csp = (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-            f"connect-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-        )
-        return [
-            (b"content-security-policy", csp.encode()),
-            (b"x-frame-options", b"DENY"),
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"same-origin"),
-            (b"cache-control", b"no-store"),
-            (b"cross-origin-opener-policy", b"same-origin"),
-            (b"cross-origin-resource-policy", b"same-origin"),
-        ]
+
+def security_headers(form_action_origins: Iterable[str] = ()) -> list[tuple[bytes, bytes]]:
+    """The headers every response carries, including the ones uvicorn writes itself."""
+    form_action = " ".join(["'self'", *form_action_origins])
+    csp = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return [
+        (b"content-security-policy", csp.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+        (b"cache-control", b"no-store"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"cross-origin-resource-policy", b"same-origin"),
+    ]
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0  # h11 refuses a malformed Content-Length before we ever see it
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

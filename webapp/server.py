@@ -128,6 +128,7 @@ async def serve_portal(
     import uvicorn
 
     from webapp.app import create_app
+    from webapp.protocol import PortalProtocol
 
     sockets = bind_sockets(settings)
     app = create_app(settings, launch_token=launch_token, on_login=on_login)
@@ -141,6 +142,7 @@ async def serve_portal(
         server_header=False,
         timeout_graceful_shutdown=2,
         h11_max_incomplete_event_size=16 * 1024,
+        http=PortalProtocol,
     )
     server = uvicorn.Server(config)
     _configure_logging()
