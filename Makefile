@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROVIDER := tests/provider
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check install provider chromium clean
+.PHONY: run test check install provider chromium clean demo bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ chromium:
 run: install
 	$(VENV)/bin/codex-portal serve $(ARGS)
 
+# Try it offline: the test provider and the portal on loopback, a throwaway CODEX_HOME.
+# make demo ARGS="--no-browser --port 1456 --codex-home /tmp/codex-demo"
+demo: install provider
+	$(PY) demo/demo.py $(ARGS)
+
 check: install
-	$(PY) -m ruff check webapp tests
-	$(PY) -m ruff format --check webapp tests
+	$(PY) -m ruff check webapp tests demo
+	$(PY) -m ruff format --check webapp tests demo
 	$(PY) -m mypy
+	$(PY) -m mypy --strict demo/demo.py
 
 test: install provider chromium check
 	$(PY) -m pytest

@@ -25,6 +25,7 @@ from webapp.settings import Settings
 from webapp.store import Credentials
 
 if TYPE_CHECKING:
+    import uvicorn
     from fastapi import FastAPI
 
 log = logging.getLogger("codex_portal")
@@ -136,6 +137,7 @@ async def serve_portal(
         app_ready(app)
     config = uvicorn.Config(
         app,
+        lifespan="off",  # run below instead: a second Ctrl-C must not cancel it half-way
         log_level="warning",
         access_log=False,  # uvicorn's would print query strings, which carry codes
         proxy_headers=False,
@@ -144,27 +146,37 @@ async def serve_portal(
         h11_max_incomplete_event_size=16 * 1024,
         http=PortalProtocol,
     )
-    server = uvicorn.Server(config)
     _configure_logging()
-    task = asyncio.create_task(server.serve(sockets=sockets))
     try:
-        while not server.started:
-            if task.done():
-                await task
-                return
-            await asyncio.sleep(0.01)
-        on_ready()
-        if stop is None:
-            await task
-            return
-        stop_wait = asyncio.create_task(stop.wait())
-        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        server.should_exit = True
-        await task
+        async with app.router.lifespan_context(app):
+            await _run_until_stopped(uvicorn.Server(config), sockets, on_ready=on_ready, stop=stop)
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def _run_until_stopped(
+    server: uvicorn.Server,
+    sockets: list[socket.socket],
+    *,
+    on_ready: Callable[[], None],
+    stop: asyncio.Event | None,
+) -> None:
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    while not server.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.01)
+    on_ready()
+    if stop is None:
+        await task
+        return
+    stop_wait = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    server.should_exit = True
+    await task
 
 
 def launch_url(settings: Settings, token: str) -> str:
