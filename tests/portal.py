@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from types import TracebackType
 
 import httpx2
+from fastapi import FastAPI
 
 from tests.idp import TestProvider
+from webapp.app import Portal
 from webapp.server import serve_portal
 from webapp.settings import Settings
 
@@ -26,6 +28,17 @@ class PortalServer:
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.app: FastAPI | None = None
+
+    def _keep_app(self, app: FastAPI) -> None:
+        self.app = app
+
+    @property
+    def portal(self) -> Portal:
+        """The running portal's state (pending sign-ins, sessions, provider metadata)."""
+        assert self.app is not None
+        portal: Portal = self.app.state.portal
+        return portal
 
     @property
     def launch_url(self) -> str:
@@ -36,7 +49,11 @@ class PortalServer:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             await serve_portal(
-                self.settings, launch_token=self.launch_token, on_ready=self._ready.set, stop=self._stop
+                self.settings,
+                launch_token=self.launch_token,
+                on_ready=self._ready.set,
+                stop=self._stop,
+                app_ready=self._keep_app,
             )
 
         try:

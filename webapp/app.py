@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from webapp.device import DeviceAuthorization
 from webapp.errors import PortalError
@@ -104,6 +105,7 @@ def create_app(
         SecurityMiddleware, port=settings.port, form_action=lambda: sorted(portal.form_action_origins)
     )
     app.add_exception_handler(PortalError, handle_portal_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
     return app
 
 
@@ -118,11 +120,19 @@ async def _warm_discovery(portal: Portal) -> None:
 
 
 async def handle_portal_error(request: Request, exc: PortalError) -> Response:
+    return _error_page(request, exc.message, exc.status_code)
+
+
+async def handle_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Unknown addresses and wrong methods get a page (or JSON under /api/), not Starlette's JSON."""
+    messages = {404: "There is no page at this address.", 405: "This address does not take that method."}
+    return _error_page(request, messages.get(exc.status_code, str(exc.detail)), exc.status_code, exc.headers)
+
+
+def _error_page(
+    request: Request, message: str, status: int, headers: Mapping[str, str] | None = None
+) -> Response:
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
-    return templates.TemplateResponse(
-        request,
-        "error.html",
-        {"message": exc.message, "status": exc.status_code},
-        status_code=exc.status_code,
-    )
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    context = {"message": message, "status": status}
+    return templates.TemplateResponse(request, "error.html", context, status_code=status, headers=headers)
