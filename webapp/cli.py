@@ -190,7 +190,10 @@ def _login_api_key(settings: Settings) -> int:
 
         raw = getpass.getpass("API key (input hidden): ")
     else:
-        raw = sys.stdin.read(MAX_KEY_INPUT + 1)
+        try:
+            raw = sys.stdin.read(MAX_KEY_INPUT + 1)
+        except UnicodeDecodeError:
+            raise PortalError("the API key is not UTF-8 text") from None
     key = validate_api_key(raw)
     store = CredentialStore(settings.config_path)
     asyncio.run(save_api_key(store, key, settings))

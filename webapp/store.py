@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import difflib
+import errno
 import json
 import math
 import os
 import secrets
+import stat
 import tempfile
 import time
 import tomllib
@@ -190,13 +192,23 @@ def _reason(exc: OSError) -> str:
 def _read(path: Path) -> tuple[tuple[int, ...] | None, str]:
     """The file's identity and text; (None, "") when there is no file."""
     try:
-        with open(path, "rb") as file:
-            st = os.fstat(file.fileno())
-            data = file.read()
+        # O_NONBLOCK: a FIFO (or a device) at the path must not hang us; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, ""
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"cannot read {path}: is a directory")
+        raise ConfigError(f"{path} is not a regular file; codex-portal uses only regular files")
+    with open(fd, "rb") as file:
+        try:
+            data = file.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
     try:
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -363,6 +375,14 @@ def _make_dirs(directory: Path) -> None:
 def _write_atomic(path: Path, text: str) -> None:
     target = Path(os.path.realpath(path))  # replace the target: a symlinked config stays a symlink
     _make_dirs(target.parent)
+    if target.exists() and not os.access(target, os.W_OK):
+        # os.replace needs only the folder's permission: respect a file the person made read-only.
+        raise PermissionError(errno.EACCES, "permission denied (the file is read-only)")
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        # Left by a writer killed mid-write (they hold credentials). We hold the lock, so no live
+        # writer has a temporary file now.
+        with suppress(OSError):
+            stale.unlink()
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with open(fd, "wb") as file:
