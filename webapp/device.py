@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
-from webapp.oauth import LoginResult, identify, request_token, tokens_from_response
-from webapp.provider import ProviderMetadata, check_url, describe_http_error, http_client, parse_json_object
+from webapp.oauth import LoginResult, identify, request_token, token_client, tokens_from_response
+from webapp.provider import (
+    ProviderMetadata,
+    check_url,
+    clean_text,
+    deadline,
+    describe_http_error,
+    http_client,
+    parse_json_object,
+)
 from webapp.store import OAuthTokens
 
 if TYPE_CHECKING:
@@ -58,9 +66,10 @@ async def start_device_flow(
         raise ProviderError(f"{metadata.issuer} does not offer sign-in with a code (no device endpoint)")
     async with _client(timeout, transport) as client:
         try:
-            response = await client.post(
-                metadata.device_authorization_endpoint, data={"client_id": client_id, "scope": scope}
-            )
+            async with deadline(client, what="the provider's device endpoint"):
+                response = await client.post(
+                    metadata.device_authorization_endpoint, data={"client_id": client_id, "scope": scope}
+                )
         except httpx2.HTTPError as exc:
             raise ProviderError(
                 f"the provider's device endpoint failed: {describe_http_error(exc)}"
@@ -68,9 +77,10 @@ async def start_device_flow(
     body = parse_json_object(response, what="device authorization")
     if response.status_code != 200:
         raise OAuthError(
-            str(body.get("error", f"HTTP {response.status_code}")), _text(body.get("error_description"))
+            clean_text(body.get("error"), 64) or f"HTTP {response.status_code}",
+            clean_text(body.get("error_description")),
         )
-    complete = _text(body.get("verification_uri_complete"))
+    complete = clean_text(body.get("verification_uri_complete"), 2000)
     try:
         return DeviceAuthorization(
             device_code=_required(body, "device_code"),
@@ -100,26 +110,19 @@ async def poll_device_token(
     transport: Any = None,
 ) -> OAuthTokens:
     """RFC 8628 section 3.4-3.5: poll the token endpoint until the person has finished."""
-    from authlib.integrations.httpx_client import AsyncOAuth2Client
-
     interval = device.interval
     backoff = interval
-    async with AsyncOAuth2Client(
-        client_id=client_id,
-        token_endpoint_auth_method="none",
-        timeout=timeout,
-        follow_redirects=False,
-        **({"transport": transport} if transport is not None else {}),
-    ) as client:
+    async with token_client(client_id, timeout, transport=transport) as client:
         while True:
             if clock() + min(backoff, interval) >= device.started + device.expires_in:
                 raise DeviceFlowError("expired_token", END_STATES["expired_token"])
             await sleep(backoff)
             try:
                 token = await request_token(
+                    client,
                     client.fetch_token(
                         metadata.token_endpoint, grant_type=DEVICE_CODE_GRANT, device_code=device.device_code
-                    )
+                    ),
                 )
             except ProviderError:
                 backoff = min(backoff * 2, MAX_BACKOFF)  # the network or the provider is down: try later
@@ -151,10 +154,6 @@ def _required(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(name)
     return value
-
-
-def _text(value: object) -> str | None:
-    return value[:300] if isinstance(value, str) and value else None
 
 
 async def complete_device_login(

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from webapp.errors import LoginError, OAuthError, ProviderError
-from webapp.provider import ProviderMetadata, describe_http_error, http_client, parse_json_object
+from webapp.provider import (
+    ProviderMetadata,
+    clean_text,
+    deadline,
+    describe_http_error,
+    http_client,
+    parse_json_object,
+)
 from webapp.store import OAuthTokens
 
 if TYPE_CHECKING:
@@ -85,18 +92,43 @@ class PendingLogins:
             del self._logins[state]
 
 
-def _client(login: PendingLogin, timeout: float) -> Any:
+def token_client(
+    client_id: str,
+    timeout: float,
+    *,
+    redirect_uri: str | None = None,
+    scope: str | None = None,
+    transport: Any = None,
+) -> Any:
+    """authlib's client for a public client's token requests: PKCE S256, bounded time, no redirects,
+    and only a 200 taken as a token (authlib reads any body, even a redirect's)."""
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-    return AsyncOAuth2Client(
-        client_id=login.client_id,
+    client = AsyncOAuth2Client(
+        client_id=client_id,
         token_endpoint_auth_method="none",
         code_challenge_method="S256",
-        redirect_uri=login.redirect_uri,
-        scope=login.scope,
+        redirect_uri=redirect_uri,
+        scope=scope,
         timeout=timeout,
         follow_redirects=False,
+        **({"transport": transport} if transport is not None else {}),
     )
+    client.register_compliance_hook("access_token_response", _only_200_or_error)
+    client.register_compliance_hook("refresh_token_response", _only_200_or_error)
+    return client
+
+
+def _only_200_or_error(response: httpx2.Response) -> httpx2.Response:
+    if response.status_code != 200 and response.status_code < 400:
+        raise ProviderError(
+            f"the provider's token endpoint answered HTTP {response.status_code} instead of a token"
+        )
+    return response
+
+
+def _client(login: PendingLogin, timeout: float) -> Any:
+    return token_client(login.client_id, timeout, redirect_uri=login.redirect_uri, scope=login.scope)
 
 
 def authorization_url(metadata: ProviderMetadata, login: PendingLogin) -> str:
@@ -116,12 +148,13 @@ async def exchange_code(
     """Trade the authorization code for tokens, verify the ID token, find the email."""
     async with _client(login, timeout) as client:
         token = await request_token(
+            client,
             client.fetch_token(
                 metadata.token_endpoint,
                 grant_type="authorization_code",
                 code=code,
                 code_verifier=login.verifier,
-            )
+            ),
         )
     tokens = tokens_from_response(token, issuer=login.issuer, client_id=login.client_id)
     return await identify(tokens, metadata, nonce=login.nonce, timeout=timeout)
@@ -143,15 +176,17 @@ async def identify(
     return LoginResult(tokens=tokens, email=email)
 
 
-async def request_token(call: Any) -> dict[str, Any]:
-    """Await an authlib token call and turn every way it fails into one of our errors."""
+async def request_token(client: httpx2.AsyncClient, call: Awaitable[Any]) -> dict[str, Any]:
+    """Await an authlib token call (within one overall deadline) and turn every way it fails into
+    one of our errors."""
     import httpx2
     from authlib.integrations.base_client.errors import OAuthError as AuthlibOAuthError
 
     try:
-        token = await call
+        async with deadline(client, what="the provider's token endpoint"):
+            token = await call
     except AuthlibOAuthError as exc:
-        raise OAuthError(str(exc.error), _short(exc.description)) from None
+        raise OAuthError(clean_text(str(exc.error), 64) or "error", clean_text(exc.description)) from None
     except httpx2.HTTPError as exc:
         raise ProviderError(f"the provider's token endpoint failed: {describe_http_error(exc)}") from None
     except (ValueError, TypeError):
@@ -236,7 +271,8 @@ async def _fetch_jwks(uri: str, *, client: httpx2.AsyncClient, refetch: bool) ->
 
     if refetch or uri not in _jwks_cache:
         try:
-            response = await client.get(uri)
+            async with deadline(client, what="fetching the provider's keys"):
+                response = await client.get(uri)
         except httpx2.HTTPError as exc:
             raise ProviderError(
                 f"the provider's keys could not be fetched: {describe_http_error(exc)}"
@@ -262,10 +298,3 @@ async def fetch_userinfo_email(endpoint: str, access_token: str, *, client: http
 def _email(claims: dict[str, Any]) -> str | None:
     email = claims.get("email")
     return email if isinstance(email, str) and email else None
-
-
-def _short(text: object, limit: int = 200) -> str | None:
-    if not isinstance(text, str) or not text:
-        return None
-    text = "".join(ch for ch in text if ch.isprintable())
-    return text[:limit]

@@ -7,7 +7,11 @@ document cannot send our tokens to another party.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -26,6 +30,7 @@ DEFAULT_PATHS = {
     "revocation_endpoint": "/oauth/revoke",
 }
 MAX_DOCUMENT = 256 * 1024
+_RFC6749_TEXT = re.compile(r"[\x20\x21\x23-\x5B\x5D-\x7E]+")
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,13 @@ async def _fetch_metadata(issuer: str, *, client: httpx2.AsyncClient) -> Provide
     problems: list[str] = []
     for path in WELL_KNOWN:
         try:
-            response = await client.get(issuer + path, headers={"Accept": "application/json"})
+            async with deadline(client, what=f"discovery at {issuer}"):
+                response = await client.get(issuer + path, headers={"Accept": "application/json"})
+        except (httpx2.TimeoutException, httpx2.ConnectError, ProviderError) as exc:
+            problems.append(
+                f"{path}: {exc.message if isinstance(exc, ProviderError) else describe_http_error(exc)}"
+            )
+            break  # the provider is down or hanging: the other well-known address would wait as long
         except httpx2.HTTPError as exc:
             problems.append(f"{path}: {describe_http_error(exc)}")
             continue
@@ -135,7 +146,29 @@ def describe_http_error(exc: Exception) -> str:
         return "timed out"
     if isinstance(exc, httpx2.ConnectError):
         return "could not connect"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
     return type(exc).__name__
+
+
+@contextlib.asynccontextmanager
+async def deadline(client: httpx2.AsyncClient, *, what: str) -> AsyncIterator[None]:
+    """One overall deadline (the client's read timeout) for a whole exchange: httpx's timeouts are
+    per read, so a provider trickling its answer a byte at a time would otherwise never time out."""
+    try:
+        async with asyncio.timeout(client.timeout.read or 10.0):
+            yield
+    except TimeoutError:
+        raise ProviderError(f"{what} timed out") from None
+
+
+def clean_text(value: object, limit: int = 200) -> str | None:
+    """A provider's error code or description, fit to show, or None. RFC 6749 section 5.2 allows
+    only printable ASCII without '"' and '\\' there, so anything else (line breaks, terminal
+    escapes, a fake traceback) is not shown at all."""
+    if not isinstance(value, str) or not _RFC6749_TEXT.fullmatch(value):
+        return None
+    return value[:limit]
 
 
 def http_client(timeout: float) -> httpx2.AsyncClient:

@@ -107,7 +107,14 @@ def open_in_browser(url: str) -> None:
     webbrowser.open(path.as_uri())
 
 
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
 def _configure_logging() -> None:
+    # uvicorn's access log prints query strings (launch tokens, codes). access_log=False is not
+    # enough inside a process that configures uvicorn's loggers for something else too.
+    logging.getLogger("uvicorn.access").addFilter(_drop)
     logger = logging.getLogger("codex_portal")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -52,12 +52,7 @@ class Credentials:
     @property
     def email(self) -> str | None:
         """The `email` claim of the ID token, whose signature was checked when it was saved."""
-        try:
-            payload = (self.id_token or "").split(".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        except (IndexError, ValueError, RecursionError):
-            return None
-        email = claims.get("email") if isinstance(claims, dict) else None
+        email = unverified_claims(self.id_token).get("email")
         return email if isinstance(email, str) else None
 
     @property
@@ -72,6 +67,16 @@ class Credentials:
         if self.method != "oauth" or self.expires_at is None:
             return False
         return self.expires_at <= (time.time() if now is None else now)
+
+
+def unverified_claims(id_token: str | None) -> dict[str, Any]:
+    """The payload of a JWT we verified when we saved it; {} when it cannot be read."""
+    try:
+        payload = (id_token or "").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 @dataclass(frozen=True)

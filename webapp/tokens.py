@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from webapp.errors import NotSignedIn, OAuthError, PortalError, ProviderError, SessionExpired
 from webapp.provider import discover, http_client
 from webapp.settings import Settings
-from webapp.store import Credentials, CredentialStore, OAuthTokens
+from webapp.store import Credentials, CredentialStore, OAuthTokens, unverified_claims
 
 if TYPE_CHECKING:
     from webapp.oauth import LoginResult
@@ -165,24 +165,23 @@ def _tokens_of(creds: Credentials, settings: Settings) -> OAuthTokens:
 
 async def _refresh(creds: Credentials, settings: Settings) -> OAuthTokens:
     """RFC 6749 section 6, at the issuer and client that issued the token."""
-    from authlib.integrations.httpx_client import AsyncOAuth2Client
-
-    from webapp.oauth import request_token, tokens_from_response
+    from webapp.oauth import request_token, token_client, tokens_from_response, verify_id_token
 
     issuer = (creds.issuer or settings.issuer).rstrip("/")
     client_id = creds.client_id or settings.client_id
     async with http_client(settings.timeout) as client:
         metadata = await discover(issuer, client=client)
-    async with AsyncOAuth2Client(
-        client_id=client_id,
-        token_endpoint_auth_method="none",
-        timeout=settings.timeout,
-        follow_redirects=False,
-    ) as oauth:
-        token = await request_token(
-            oauth.refresh_token(metadata.token_endpoint, refresh_token=creds.refresh_token)
-        )
-    fresh = tokens_from_response(token, issuer=issuer, client_id=client_id)
+    async with token_client(client_id, settings.timeout) as oauth:
+        refresh = oauth.refresh_token(metadata.token_endpoint, refresh_token=creds.refresh_token)
+        fresh = tokens_from_response(await request_token(oauth, refresh), issuer=issuer, client_id=client_id)
+    if fresh.id_token and fresh.id_token != creds.id_token:
+        # OIDC Core 12.2: a refreshed ID token is verified like the first (no nonce), for the same person.
+        async with http_client(settings.timeout) as client:
+            claims = await verify_id_token(
+                fresh.id_token, metadata, client_id=client_id, nonce=None, client=client
+            )
+        if creds.id_token and claims.get("sub") != unverified_claims(creds.id_token).get("sub"):
+            raise ProviderError("the provider's refreshed ID token names another account")
     return replace(
         fresh,
         refresh_token=fresh.refresh_token or creds.refresh_token,  # not rotated: the old one stays valid

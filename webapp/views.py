@@ -20,7 +20,7 @@ from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
 from webapp.oauth import authorization_url, exchange_code
-from webapp.provider import ProviderMetadata, discover, http_client
+from webapp.provider import ProviderMetadata, clean_text, discover, http_client
 from webapp.security import Session
 from webapp.store import Credentials, validate_api_key
 from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out, status_report
@@ -181,9 +181,9 @@ async def login_callback(request: Request) -> Response:
 
 
 def _provider_refusal(error: str, description: str | None) -> str:
-    text = f"The provider refused the sign-in ({error[:64]})"
-    if description:
-        text += f": {description[:200]}"
+    text = f"The provider refused the sign-in ({clean_text(error, 64) or 'error'})"
+    if clean_text(description):
+        text += f": {clean_text(description)}"
     return text + ". Nothing was changed."
 
 
