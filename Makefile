@@ -36,11 +36,19 @@ run: install
 demo: install provider
 	$(PY) demo/demo.py $(ARGS)
 
+# Performance figures beside their baselines, measured in the same run (bench/bench.py, ~1 min);
+# wrk, Debian's HTTP load generator, is installed when missing.
+BENCH_JSON ?= bench/results.json
+bench: install provider chromium
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+	$(PY) bench/bench.py --json $(BENCH_JSON) $(ARGS)
+
 check: install
-	$(PY) -m ruff check webapp tests demo
-	$(PY) -m ruff format --check webapp tests demo
+	$(PY) -m ruff check webapp tests demo bench
+	$(PY) -m ruff format --check webapp tests demo bench
 	$(PY) -m mypy
-	$(PY) -m mypy --strict demo/demo.py
+	$(PY) -m mypy --strict demo/demo.py bench/bench.py bench/hello_app.py
 
 test: install provider chromium check
 	$(PY) -m pytest

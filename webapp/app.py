@@ -62,6 +62,7 @@ class Portal:
 
 
 templates = Jinja2Templates(directory=str(_asset_dir("templates")))
+templates.env.auto_reload = False  # packaged templates: no stat() of each on every render
 templates.env.filters["utc"] = format_utc
 templates.env.filters["time_left"] = format_time_left
 templates.env.filters["iso"] = format_iso
@@ -112,7 +113,9 @@ def create_app(
 async def _warm_discovery(portal: Portal) -> None:
     """Learn the authorization endpoint's origin early, so the page's CSP form-action allows it."""
     try:
-        async with http_client(portal.settings.timeout) as client:
+        # httpx2's import and its TLS context (~60 ms of CPU) are built in a worker thread: on the
+        # event loop they held up the first page by that much.
+        async with await asyncio.to_thread(http_client, portal.settings.timeout) as client:
             portal.metadata = await discover(portal.settings.issuer, client=client)
         portal.note_provider_origin(portal.metadata.authorization_endpoint)
     except PortalError:

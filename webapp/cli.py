@@ -6,8 +6,6 @@ Commands that only read the config file import neither the web stack nor an HTTP
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -132,6 +130,8 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     if args.api_key:
         return _login_api_key(settings)
     if args.device:
+        import asyncio
+
         return asyncio.run(_login_device(settings))
     from webapp.server import ServerOptions, run_login_server
 
@@ -147,6 +147,8 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     def show(url: str) -> None:
         print("Sign in in your browser. If it did not open, open this link:", file=sys.stderr)
         print(url, flush=True)
+
+    import asyncio
 
     creds = asyncio.run(run_login_server(options, on_url=show))
     who = f" as {creds.email}" if creds.email else ""
@@ -196,6 +198,8 @@ def _login_api_key(settings: Settings) -> int:
             raise PortalError("the API key is not UTF-8 text") from None
     key = validate_api_key(raw)
     store = CredentialStore(settings.config_path)
+    import asyncio
+
     asyncio.run(save_api_key(store, key, settings))
     creds = store.load()
     print(f"Saved API key {creds.api_key_hint if creds else ''} to {settings.config_path}.", file=sys.stderr)
@@ -203,13 +207,14 @@ def _login_api_key(settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from webapp.store import CredentialStore
-    from webapp.tokens import status_report
+    from webapp.store import CredentialStore, status_report
 
     creds = CredentialStore(settings.config_path).load()
     report = status_report(creds, config_path=str(settings.config_path))
     usable = creds is not None and (not report["expired"] or bool(creds.refresh_token))
     if args.json:
+        import json
+
         print(json.dumps(report))
         return 0 if usable else 1
     if creds is None:
@@ -240,6 +245,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     from webapp.store import CredentialStore
     from webapp.tokens import sign_out
 

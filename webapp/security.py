@@ -49,6 +49,7 @@ class SecurityMiddleware:
         self.hosts = allowed_hosts(port)
         self.origins = frozenset(f"http://{host}" for host in self.hosts)
         self.form_action = form_action
+        self._cached: tuple[tuple[str, ...], list[tuple[bytes, bytes]]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +68,13 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
         access_log.info('"%s %s" %d', scope["method"], scope["path"], status_holder[0])
 
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        """security_headers(), rebuilt only when the form-action origins change."""
+        origins = tuple(self.form_action())
+        if self._cached is None or self._cached[0] != origins:
+            self._cached = (origins, security_headers(origins))
+        return self._cached[1]
+
     def _same_origin(self, headers: dict[str, str]) -> bool:
         site = headers.get("sec-fetch-site")
         if site is not None and site not in ("same-origin", "none"):
@@ -79,7 +87,7 @@ class SecurityMiddleware:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in security_headers(self.form_action()) if k not in names]
+                extra = [(k, v) for k, v in self._headers() if k not in names]
                 if message["status"] == 413 and b"connection" not in names:
                     extra.append((b"connection", b"close"))  # never drain a body we refused
                 message["headers"] = list(message.get("headers", [])) + extra

@@ -7,15 +7,11 @@ atomically (0600). tomlkit and filelock are imported only on the write path.
 
 from __future__ import annotations
 
-import base64
-import difflib
 import errno
-import json
+import functools
 import math
 import os
-import secrets
 import stat
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -49,7 +45,7 @@ class Credentials:
     client_id: str | None = None
     api_key: str | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def email(self) -> str | None:
         """The `email` claim of the ID token, whose signature was checked when it was saved."""
         email = unverified_claims(self.id_token).get("email")
@@ -71,6 +67,9 @@ class Credentials:
 
 def unverified_claims(id_token: str | None) -> dict[str, Any]:
     """The payload of a JWT we verified when we saved it; {} when it cannot be read."""
+    import base64
+    import json
+
     try:
         payload = (id_token or "").split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -108,6 +107,13 @@ class CredentialStore:
         self.lock_timeout = lock_timeout
 
     def load(self) -> Credentials | None:
+        cached = _CACHE.get(str(self.path))
+        if cached is not None:
+            try:
+                if _identity(os.stat(self.path)) == cached[0]:
+                    return cached[1]  # one stat() instead of open + fstat + read + decode
+            except OSError:
+                pass  # gone or unreadable: _read below says which
         identity, text = _read(self.path)
         if identity is None:
             return None
@@ -194,6 +200,11 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)).lower()
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """Changes when the file is replaced, written, or has its mode changed (ctime)."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)
+
+
 def _read(path: Path) -> tuple[tuple[int, ...] | None, str]:
     """The file's identity and text; (None, "") when there is no file."""
     try:
@@ -215,7 +226,7 @@ def _read(path: Path) -> tuple[tuple[int, ...] | None, str]:
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
     try:
-        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), data.decode("utf-8")
+        return _identity(st), data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{path} is not UTF-8 text (line {line})") from None
@@ -295,6 +306,8 @@ def _keep_lines(original: str, roundtrip: str, edited: str) -> str:
     if len(old) != len(base):
         return edited
     lines: list[str] = []
+    import difflib
+
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, base, new, autojunk=False).get_opcodes():
         lines.extend(old[i1:i2] if tag == "equal" else new[j1:j2])
     return "".join(lines)
@@ -328,6 +341,8 @@ def _drop_auth(doc: TOMLDocument) -> str:
     if not isinstance(auth, Table) or auth.is_super_table():
         del doc["auth"]
         return tomlkit.dumps(doc)
+    import secrets
+
     marker, name = f"codex-portal-{secrets.token_hex(8)}", auth.display_name
     auth.display_name = marker  # find the header in the output by a name that cannot occur
     text, trivia, inner = tomlkit.dumps(doc), auth.trivia, auth.as_string()
@@ -388,6 +403,8 @@ def _write_atomic(path: Path, text: str) -> None:
         # writer has a temporary file now.
         with suppress(OSError):
             stale.unlink()
+    import tempfile
+
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with open(fd, "wb") as file:
@@ -406,3 +423,18 @@ def _write_atomic(path: Path, text: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def status_report(
+    creds: Credentials | None, *, config_path: str, now: float | None = None
+) -> dict[str, object]:
+    """The status object of SPEC section 2, shared by `status --json` and GET /api/status."""
+    return {
+        "signed_in": creds is not None,
+        "method": creds.method if creds else None,
+        "expires_at": creds.expires_at if creds else None,
+        "expired": creds.expired(now) if creds else False,
+        "email": creds.email if creds else None,
+        "api_key_hint": creds.api_key_hint if creds else None,
+        "config_path": config_path,
+    }

@@ -92,21 +92,6 @@ async def _revoke(creds: Credentials, settings: Settings) -> bool:
     return response.status_code == 200
 
 
-def status_report(
-    creds: Credentials | None, *, config_path: str, now: float | None = None
-) -> dict[str, object]:
-    """The status object of SPEC section 2, shared by `status --json` and GET /api/status."""
-    return {
-        "signed_in": creds is not None,
-        "method": creds.method if creds else None,
-        "expires_at": creds.expires_at if creds else None,
-        "expired": creds.expired(now) if creds else False,
-        "email": creds.email if creds else None,
-        "api_key_hint": creds.api_key_hint if creds else None,
-        "config_path": config_path,
-    }
-
-
 def _flight(path: Path) -> threading.Lock:
     with _flights_guard:
         return _flights.setdefault(str(path), threading.Lock())

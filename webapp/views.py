@@ -22,8 +22,8 @@ from webapp.humanize import format_utc
 from webapp.oauth import authorization_url, exchange_code
 from webapp.provider import ProviderMetadata, clean_text, discover, http_client
 from webapp.security import Session
-from webapp.store import Credentials, validate_api_key
-from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out, status_report
+from webapp.store import Credentials, status_report, validate_api_key
+from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out
 
 router = APIRouter()
 NO_SESSION = (
