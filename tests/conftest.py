@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Playwright, sync_playwright
 from starlette.testclient import TestClient
 
+from tests.browser import launch_chromium
 from tests.idp import TestProvider
 from webapp.app import create_app
 from webapp.settings import Settings
@@ -62,3 +64,17 @@ def idp() -> Iterator[TestProvider]:
     """The real OpenID provider (npm oidc-provider) on loopback, shared by the session."""
     with TestProvider() as provider:
         yield provider
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Debian's Chromium, loopback only (modules whose `browser` is an HTTP client override it)."""
+    chromium = launch_chromium(playwright)
+    yield chromium
+    chromium.close()

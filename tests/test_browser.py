@@ -35,27 +35,16 @@ from playwright.sync_api import (
     Error,
     Frame,
     Page,
-    Playwright,
     Request,
     expect,
-    sync_playwright,
 )
 
+from tests.browser import LOOPBACK
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
 from webapp.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    # Only loopback names resolve: Chromium's own calls home fail instead of leaving the machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-LOOPBACK = frozenset({"localhost", "127.0.0.1"})
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-signed-in.png"
 USER_FILE = (
     "# Codex CLI settings, edited by hand\n"
@@ -73,22 +62,7 @@ API_KEY = "sk-test-0123456789abcdefwxyz"
 SECRETS_IN_URLS = ("code=", "state=", "token=")
 
 
-# ---- the browser -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (Debian's chromium package)")
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
-    yield chromium
-    chromium.close()
-
-
+# ---- the browser: Debian's Chromium, loopback only (fixtures in conftest.py) ----------------
 @dataclass
 class Watched:
     """One browser context and its page, with everything they did recorded."""

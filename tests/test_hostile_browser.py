@@ -44,9 +44,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx2
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Response, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.browser import LOOPBACK_ONLY, launch_chromium
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, signed_in_portal
@@ -54,14 +55,6 @@ from webapp.app import Portal
 from webapp.server import serve_portal
 from webapp.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-QUIET_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-LOOPBACK_ONLY = "MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
 REBIND = "rebind.test"
 USER_FILE = (
     "# Codex CLI settings, edited by hand\n"
@@ -369,26 +362,6 @@ class HostileSite:
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-def _launch(playwright: Playwright, resolver_rules: str) -> Browser:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (Debian's chromium package)")
-    args = [f"--host-resolver-rules={resolver_rules}", *QUIET_ARGS]
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    chromium = _launch(playwright, LOOPBACK_ONLY)
-    yield chromium
-    chromium.close()
-
-
 @pytest.fixture(scope="module")
 def hostile_site() -> Iterator[HostileSite]:
     with HostileSite() as site:
@@ -834,7 +807,7 @@ def test_dns_rebinding_is_refused_by_the_host_check(
     """
     port = portal.settings.port
     rebound = f"http://{REBIND}:{port}"
-    chromium = _launch(playwright, f"MAP {REBIND} 127.0.0.1, {LOOPBACK_ONLY}")
+    chromium = launch_chromium(playwright, resolver_rules=f"MAP {REBIND} 127.0.0.1, {LOOPBACK_ONLY}")
     try:
         context = chromium.new_context(bypass_csp=True)
         page = context.new_page()

@@ -48,12 +48,11 @@ from playwright.sync_api import (
     ConsoleMessage,
     Error,
     Page,
-    Playwright,
     Request,
     expect,
-    sync_playwright,
 )
 
+from tests.browser import LOOPBACK
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
@@ -62,16 +61,6 @@ from webapp.settings import Settings
 if TYPE_CHECKING:
     pass
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    # Only loopback names resolve: Chromium's own calls home fail instead of leaving the machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-LOOPBACK = frozenset({"localhost", "127.0.0.1"})
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 NARROW, WIDE, HEIGHT = 360, 1200, 800
 BACKGROUND = {"light": "rgb(246, 247, 249)", "dark": "rgb(13, 17, 23)"}  # --bg of static/portal.css
@@ -102,22 +91,7 @@ def _for_docs(page: str, variant: Variant) -> bool:
     return variant.name == "light-wide" or (variant.name == "dark-narrow" and page in DOCS_DARK_NARROW)
 
 
-# ---- the browser -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (Debian's chromium package)")
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
-    yield chromium
-    chromium.close()
-
-
+# ---- the browser: Debian's Chromium, loopback only (fixtures in conftest.py) ----------------
 @pytest.fixture(scope="module")
 def axe() -> Axe:
     return Axe()  # reads axe-core's 570 kB script once
