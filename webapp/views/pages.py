@@ -1,98 +1,59 @@
-"""The portal's pages: status, sign-in and its callback, API key, sign-out, and the status API.
-
-Every view but the callback (guarded by state + PKCE) needs the session the launch URL opened;
-every POST needs that session's CSRF token. POSTs end in a 303 redirect.
-"""
+"""The status page and what it does: browser sign-in and its callback, API key, refresh, sign-out."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from webapp.app import DeviceLogin, Portal
+from webapp.app import Portal
 from webapp.checks import config_warnings
-from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
 from webapp.oauth import authorization_url, exchange_code
-from webapp.provider import ProviderMetadata, clean_text, discover, http_client
+from webapp.provider import clean_text, discover, http_client
 from webapp.security import Session
 from webapp.store import Credentials, status_report, validate_api_key
 from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out
-
-router = APIRouter()
-NO_SESSION = (
-    "This page needs the link printed in the terminal by codex-portal. Open that link, or restart it."
+from webapp.views.common import (
+    checked_form,
+    cookie_name,
+    home,
+    portal_of,
+    provider_metadata,
+    render,
+    require_session,
+    session_of,
 )
 
-
-def _portal(request: Request) -> Portal:
-    portal: Portal = request.app.state.portal
-    return portal
-
-
-def _cookie_name(portal: Portal) -> str:
-    return f"codex_portal_{portal.settings.port}"
-
-
-def _session(request: Request) -> Session | None:
-    portal = _portal(request)
-    return portal.sessions.get(request.cookies.get(_cookie_name(portal)))
-
-
-def _require_session(request: Request) -> Session:
-    session = _session(request)
-    if session is None:
-        raise AccessDenied(NO_SESSION)
-    return session
-
-
-async def _checked_form(request: Request) -> tuple[Session, dict[str, str]]:
-    session = _require_session(request)
-    form = await request.form()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    if not session.csrf_ok(fields.get("csrf_token")):
-        raise AccessDenied("The form has expired. Go back to the status page and try again.")
-    return session, fields
-
-
-def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    templates = request.app.state.templates
-    response: Response = templates.TemplateResponse(request, name, context, status_code=status_code)
-    return response
-
-
-def _home() -> RedirectResponse:
-    return RedirectResponse("/", status_code=303)
+router = APIRouter()
 
 
 @router.get("/", name="status_page")
 async def status_page(request: Request) -> Response:
-    portal = _portal(request)
+    portal = portal_of(request)
     token = request.query_params.get("token")
     if token is not None:
         session_id = portal.sessions.redeem(token)
-        if session_id is None and _session(request) is None:
+        if session_id is None and session_of(request) is None:
             raise AccessDenied(
                 "This link was already used or is not valid. Restart codex-portal for a new link."
             )
-        response = _home()  # the token leaves the address bar
+        response = home()  # the token leaves the address bar
         if session_id is not None:
-            response.set_cookie(_cookie_name(portal), session_id, httponly=True, samesite="lax", path="/")
+            response.set_cookie(cookie_name(portal), session_id, httponly=True, samesite="lax", path="/")
         return response
-    session = _require_session(request)
+    session = require_session(request)
     return await _render_status(request, session)
 
 
 async def _render_status(
     request: Request, session: Session, *, form_error: str | None = None, status_code: int = 200
 ) -> Response:
-    portal = _portal(request)
+    portal = portal_of(request)
     config_error = None
     creds = None
     try:
@@ -113,45 +74,38 @@ async def _render_status(
         and not portal.metadata.device_authorization_endpoint,
         "warnings": config_warnings(portal.settings.config_path),
     }
-    return _render(request, "status.html", context, status_code)
+    return render(request, "status.html", context, status_code)
 
 
 @router.get("/api/status", name="api_status")
 async def api_status(request: Request) -> Response:
-    _require_session(request)
-    portal = _portal(request)
+    require_session(request)
+    portal = portal_of(request)
     creds = portal.store.load()  # a stat, then the cached parse: cheaper than a thread hop
     return JSONResponse(status_report(creds, config_path=str(portal.settings.config_path)))
 
 
 @router.post("/login", name="login_start")
 async def login_start(request: Request) -> Response:
-    await _checked_form(request)
-    portal = _portal(request)
+    await checked_form(request)
+    portal = portal_of(request)
     url = await start_login(portal)
     return RedirectResponse(url, status_code=303)
 
 
-async def _metadata(portal: Portal) -> ProviderMetadata:
-    async with http_client(portal.settings.timeout) as client:
-        portal.metadata = await discover(portal.settings.issuer, client=client)
-    portal.note_provider_origin(portal.metadata.authorization_endpoint)
-    return portal.metadata
-
-
 async def start_login(portal: Portal) -> str:
     """A new pending sign-in and the provider URL that begins it."""
-    metadata = await _metadata(portal)
+    metadata = await provider_metadata(portal)
     return authorization_url(metadata, portal.logins.new(portal.settings))
 
 
 @router.get("/auth/callback", name="login_callback")
 async def login_callback(request: Request) -> Response:
-    portal = _portal(request)
+    portal = portal_of(request)
     params = request.query_params
     login = portal.logins.pop(params.get("state", ""))
     if login is None:
-        return _render(
+        return render(
             request,
             "error.html",
             {
@@ -189,14 +143,14 @@ def _provider_refusal(error: str, description: str | None) -> str:
 
 def _finish(request: Request, creds: Credentials | None, message: str) -> Response:
     """Report the outcome, then leave the callback URL (it carries the code) for a page showing it."""
-    portal = _portal(request)
+    portal = portal_of(request)
     if portal.on_login is not None:
         portal.on_login(creds, message)
     kind = "success" if creds is not None else "error"
-    session = _session(request)
+    session = session_of(request)
     if session is not None:
         session.flash(message, kind)
-        return _home()
+        return home()
     result_id = secrets.token_urlsafe(16)
     portal.results[result_id] = (kind, message)
     return RedirectResponse(f"/auth/done?result={result_id}", status_code=303)
@@ -204,21 +158,19 @@ def _finish(request: Request, creds: Credentials | None, message: str) -> Respon
 
 @router.get("/auth/done", name="login_done")
 async def login_done(request: Request) -> Response:
-    result = _portal(request).results.pop(request.query_params.get("result", ""), None)
+    result = portal_of(request).results.pop(request.query_params.get("result", ""), None)
     if result is None:
-        return _render(
+        return render(
             request, "error.html", {"status": 404, "message": "There is no sign-in result to show."}, 404
         )
     kind, message = result
-    return _render(
-        request, "done.html", {"kind": kind, "message": message}, 200 if kind == "success" else 400
-    )
+    return render(request, "done.html", {"kind": kind, "message": message}, 200 if kind == "success" else 400)
 
 
 @router.post("/api-key", name="api_key_save")
 async def api_key_save(request: Request) -> Response:
-    session, form = await _checked_form(request)
-    portal = _portal(request)
+    session, form = await checked_form(request)
+    portal = portal_of(request)
     try:
         key = validate_api_key(form.get("api_key", ""))
     except PortalError as exc:
@@ -227,13 +179,13 @@ async def api_key_save(request: Request) -> Response:
     creds = await asyncio.to_thread(portal.store.load)
     hint = creds.api_key_hint if creds else None
     session.flash(f"API key {hint or ''} saved. The Codex CLI will use it.".replace("  ", " "), "success")
-    return _home()
+    return home()
 
 
 @router.post("/refresh", name="token_refresh")
 async def token_refresh(request: Request) -> Response:
-    session, form = await _checked_form(request)
-    portal = _portal(request)
+    session, form = await checked_form(request)
+    portal = portal_of(request)
     seen = form.get("seen")  # names the token the page showed, to refresh it only once
     creds = await asyncio.to_thread(portal.store.load)
     try:
@@ -246,10 +198,10 @@ async def token_refresh(request: Request) -> Response:
             )
     except PortalError as exc:
         session.flash(f"Refresh failed: {exc.message}.", "error")
-        return _home()
+        return home()
     left = f" It expires {format_utc(fresh.expires_at)}." if fresh.expires_at else ""
     session.flash(f"Access token refreshed.{left}", "success")
-    return _home()
+    return home()
 
 
 def _seen_digest(access_token: str | None) -> str:
@@ -261,15 +213,15 @@ def _seen_digest(access_token: str | None) -> str:
 
 @router.get("/logout", name="logout_confirm")
 async def logout_confirm(request: Request) -> Response:
-    session = _require_session(request)
-    creds = await asyncio.to_thread(_portal(request).store.load)
-    return _render(request, "logout.html", {"creds": creds, "csrf_token": session.csrf_token})
+    session = require_session(request)
+    creds = await asyncio.to_thread(portal_of(request).store.load)
+    return render(request, "logout.html", {"creds": creds, "csrf_token": session.csrf_token})
 
 
 @router.post("/logout", name="logout")
 async def logout(request: Request) -> Response:
-    session, _ = await _checked_form(request)
-    result = await sign_out(_portal(request).store, _portal(request).settings)
+    session, _ = await checked_form(request)
+    result = await sign_out(portal_of(request).store, portal_of(request).settings)
     if result.previous is None:
         session.flash("You were not signed in; nothing to do.")
     elif result.revoked is False:
@@ -279,81 +231,4 @@ async def logout(request: Request) -> Response:
         )
     else:
         session.flash("Signed out. The credentials were removed from the config file.", "success")
-    return _home()
-
-
-@router.post("/device", name="device_start")
-async def device_start(request: Request) -> Response:
-    await _checked_form(request)
-    portal = _portal(request)
-    metadata = await _metadata(portal)
-    settings = portal.settings
-    device = await start_device_flow(
-        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
-    )
-    _cancel_device(portal)  # one pending sign-in with a code at a time
-    login = DeviceLogin(device=device)
-    login.task = asyncio.create_task(_run_device_login(portal, metadata, login))
-    portal.device = login
-    return RedirectResponse("/device", status_code=303)
-
-
-async def _run_device_login(portal: Portal, metadata: ProviderMetadata, login: DeviceLogin) -> None:
-    try:
-        result = await complete_device_login(
-            metadata, login.device, settings=portal.settings, store=portal.store
-        )
-    except PortalError as exc:
-        login.outcome = ("error", f"Sign-in with a code failed: {exc.message}")
-        if portal.on_login is not None:
-            portal.on_login(None, login.outcome[1])
-        return
-    who = f" as {result.email}" if result.email else ""
-    login.outcome = ("success", f"Signed in{who}. The Codex CLI will use this account.")
-    if portal.on_login is not None:
-        portal.on_login(await asyncio.to_thread(portal.store.load), login.outcome[1])
-
-
-def _cancel_device(portal: Portal) -> None:
-    if portal.device is not None and portal.device.task is not None:
-        portal.device.task.cancel()
-    portal.device = None
-
-
-@router.get("/device", name="device_page")
-async def device_page(request: Request) -> Response:
-    session = _require_session(request)
-    portal = _portal(request)
-    login = portal.device
-    if login is None:
-        return _home()
-    if login.outcome is not None:
-        session.flash(login.outcome[1], login.outcome[0])
-        portal.device = None
-        return _home()
-    context = {
-        "device": login.device,
-        "seconds_left": login.device.seconds_left(),
-        "csrf_token": session.csrf_token,
-    }
-    return _render(request, "device.html", context)
-
-
-@router.get("/api/device", name="api_device")
-async def api_device(request: Request) -> Response:
-    _require_session(request)
-    login = _portal(request).device
-    if login is None:
-        return JSONResponse({"state": "none"})
-    state = "pending" if login.outcome is None else login.outcome[0]
-    return JSONResponse({"state": state, "seconds_left": login.device.seconds_left()})
-
-
-@router.post("/device/cancel", name="device_cancel")
-async def device_cancel(request: Request) -> Response:
-    session, _ = await _checked_form(request)
-    portal = _portal(request)
-    if portal.device is not None:
-        _cancel_device(portal)
-        session.flash("Sign-in with a code cancelled. Nothing was changed.")
-    return _home()
+    return home()

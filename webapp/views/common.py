@@ -1,0 +1,64 @@
+"""What every view needs: the portal, the session the launch URL opened, the CSRF-checked form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+
+from webapp.app import Portal
+from webapp.errors import AccessDenied
+from webapp.provider import ProviderMetadata, discover, http_client
+from webapp.security import Session
+
+NO_SESSION = (
+    "This page needs the link printed in the terminal by codex-portal. Open that link, or restart it."
+)
+
+
+def portal_of(request: Request) -> Portal:
+    portal: Portal = request.app.state.portal
+    return portal
+
+
+def cookie_name(portal: Portal) -> str:
+    return f"codex_portal_{portal.settings.port}"
+
+
+def session_of(request: Request) -> Session | None:
+    portal = portal_of(request)
+    return portal.sessions.get(request.cookies.get(cookie_name(portal)))
+
+
+def require_session(request: Request) -> Session:
+    session = session_of(request)
+    if session is None:
+        raise AccessDenied(NO_SESSION)
+    return session
+
+
+async def checked_form(request: Request) -> tuple[Session, dict[str, str]]:
+    session = require_session(request)
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not session.csrf_ok(fields.get("csrf_token")):
+        raise AccessDenied("The form has expired. Go back to the status page and try again.")
+    return session, fields
+
+
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    templates = request.app.state.templates
+    response: Response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    return response
+
+
+def home() -> RedirectResponse:
+    return RedirectResponse("/", status_code=303)
+
+
+async def provider_metadata(portal: Portal) -> ProviderMetadata:
+    async with http_client(portal.settings.timeout) as client:
+        portal.metadata = await discover(portal.settings.issuer, client=client)
+    portal.note_provider_origin(portal.metadata.authorization_endpoint)
+    return portal.metadata

@@ -1,0 +1,93 @@
+"""Sign in with a code (RFC 8628) on the page: start, the waiting page, its status API, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from webapp.app import DeviceLogin, Portal
+from webapp.device import complete_device_login, start_device_flow
+from webapp.errors import PortalError
+from webapp.provider import ProviderMetadata
+from webapp.views.common import checked_form, home, portal_of, provider_metadata, render, require_session
+
+router = APIRouter()
+
+
+@router.post("/device", name="device_start")
+async def device_start(request: Request) -> Response:
+    await checked_form(request)
+    portal = portal_of(request)
+    metadata = await provider_metadata(portal)
+    settings = portal.settings
+    device = await start_device_flow(
+        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
+    )
+    _cancel_device(portal)  # one pending sign-in with a code at a time
+    login = DeviceLogin(device=device)
+    login.task = asyncio.create_task(_run_device_login(portal, metadata, login))
+    portal.device = login
+    return RedirectResponse("/device", status_code=303)
+
+
+async def _run_device_login(portal: Portal, metadata: ProviderMetadata, login: DeviceLogin) -> None:
+    try:
+        result = await complete_device_login(
+            metadata, login.device, settings=portal.settings, store=portal.store
+        )
+    except PortalError as exc:
+        login.outcome = ("error", f"Sign-in with a code failed: {exc.message}")
+        if portal.on_login is not None:
+            portal.on_login(None, login.outcome[1])
+        return
+    who = f" as {result.email}" if result.email else ""
+    login.outcome = ("success", f"Signed in{who}. The Codex CLI will use this account.")
+    if portal.on_login is not None:
+        portal.on_login(await asyncio.to_thread(portal.store.load), login.outcome[1])
+
+
+def _cancel_device(portal: Portal) -> None:
+    if portal.device is not None and portal.device.task is not None:
+        portal.device.task.cancel()
+    portal.device = None
+
+
+@router.get("/device", name="device_page")
+async def device_page(request: Request) -> Response:
+    session = require_session(request)
+    portal = portal_of(request)
+    login = portal.device
+    if login is None:
+        return home()
+    if login.outcome is not None:
+        session.flash(login.outcome[1], login.outcome[0])
+        portal.device = None
+        return home()
+    context = {
+        "device": login.device,
+        "seconds_left": login.device.seconds_left(),
+        "csrf_token": session.csrf_token,
+    }
+    return render(request, "device.html", context)
+
+
+@router.get("/api/device", name="api_device")
+async def api_device(request: Request) -> Response:
+    require_session(request)
+    login = portal_of(request).device
+    if login is None:
+        return JSONResponse({"state": "none"})
+    state = "pending" if login.outcome is None else login.outcome[0]
+    return JSONResponse({"state": state, "seconds_left": login.device.seconds_left()})
+
+
+@router.post("/device/cancel", name="device_cancel")
+async def device_cancel(request: Request) -> Response:
+    session, _ = await checked_form(request)
+    portal = portal_of(request)
+    if portal.device is not None:
+        _cancel_device(portal)
+        session.flash("Sign-in with a code cancelled. Nothing was changed.")
+    return home()
