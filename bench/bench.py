@@ -672,12 +672,10 @@ def bench_browser(work: Path) -> Figure:
     figure = Figure("f", "browser sign-in, click to 'Signed in as'", "ms", target="")
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.browser import launch_chromium
     from tests.idp import TestProvider
-    from tests.test_browser import CHROMIUM, LAUNCH_ARGS
     from webapp.store import CredentialStore
 
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: run `make chromium`")
     home = make_home(work, "browser-home", OTHER_LINES)
     with TestProvider(extra_env={"IDP_PORT": str(free_port())}) as idp:
         portal = start_portal(home, work, env=portal_env(home, idp.issuer, idp.client_id))
@@ -687,9 +685,7 @@ def bench_browser(work: Path) -> Figure:
             cookie = {"name": portal.cookie[0], "value": portal.cookie[1], "url": portal.base_url}
             interaction = re.compile(rf"^{re.escape(idp.issuer)}/interaction/")
             with sync_playwright() as driver:
-                browser = driver.chromium.launch(
-                    executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True
-                )
+                browser = launch_chromium(driver)
                 try:
                     for _ in range(BROWSER_RUNS):
                         # A new context each time: the provider remembers no login, every run is the first.
