@@ -28,7 +28,6 @@ right defence. Chromium resolves only loopback names (as in tests/test_browser.p
 
 from __future__ import annotations
 
-import asyncio
 import html
 import http.server
 import secrets
@@ -52,7 +51,6 @@ from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, signed_in_portal
 from webapp.app import Portal
-from webapp.server import serve_portal
 from webapp.settings import Settings
 
 REBIND = "rebind.test"
@@ -249,33 +247,14 @@ class WatchedPortal(PortalServer):
         super().__init__(settings, launch_token=launch_token)
         self.log: list[Seen] = []
         self.own_hosts = frozenset(f"{name}:{settings.port}" for name in ("localhost", "127.0.0.1", "[::1]"))
-        self._app: FastAPI | None = None
-
-    def _run(self) -> None:  # PortalServer._run, with the recorder attached before the app starts
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await serve_portal(
-                self.settings,
-                launch_token=self.launch_token,
-                on_ready=self._ready.set,
-                stop=self._stop,
-                app_ready=self._attach,
-            )
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by __enter__
-            self._error = exc
-            self._ready.set()
 
     def __enter__(self) -> WatchedPortal:
         super().__enter__()
         return self
 
-    def _attach(self, app: FastAPI) -> None:
+    def _keep_app(self, app: FastAPI) -> None:  # before the app starts: the recorder sees every request
         app.add_middleware(Recorder, log=self.log, cookie_name=self.cookie_name)
-        self._app = app
+        super()._keep_app(app)
 
     @property
     def cookie_name(self) -> str:
@@ -283,9 +262,7 @@ class WatchedPortal(PortalServer):
 
     @property
     def state(self) -> Portal:
-        assert self._app is not None
-        portal: Portal = self._app.state.portal
-        return portal
+        return self.portal
 
     def foreign_since(self, start: int) -> list[Seen]:
         return [seen for seen in self.log[start:] if seen.foreign(self.own_hosts)]

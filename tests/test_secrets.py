@@ -43,14 +43,11 @@ import httpx2
 import pytest
 import tomlkit
 import uvicorn
-from fastapi import FastAPI
 
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
-from webapp.app import Portal
 from webapp.oauth import PendingLogin
-from webapp.server import serve_portal
 from webapp.settings import Settings
 from webapp.store import CredentialStore
 
@@ -144,34 +141,7 @@ def logs() -> Iterator[LogCapture]:
 
 
 class InspectedPortal(PortalServer):
-    """The real server, keeping the app so that the test can read the portal's pending sign-ins."""
-
-    def __init__(self, settings: Settings, *, launch_token: str) -> None:
-        super().__init__(settings, launch_token=launch_token)
-        self.apps: list[FastAPI] = []
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await serve_portal(
-                self.settings,
-                launch_token=self.launch_token,
-                on_ready=self._ready.set,
-                stop=self._stop,
-                app_ready=self.apps.append,
-            )
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by __enter__
-            self._error = exc
-            self._ready.set()
-
-    @property
-    def portal(self) -> Portal:
-        portal: Portal = self.apps[0].state.portal
-        return portal
+    """The real server (which keeps its app: `.portal`), waiting on its device sign-in task."""
 
     def wait_for_device_login(self, timeout: float) -> None:
         """Until the portal's device sign-in task has ended (an event, not a poll)."""
