@@ -21,7 +21,6 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,16 +29,11 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Error,
-    Frame,
     Page,
-    Request,
     expect,
 )
 
-from tests.browser import LOOPBACK
+from tests.browser import LOOPBACK, watch
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
@@ -63,66 +57,6 @@ SECRETS_IN_URLS = ("code=", "state=", "token=")
 
 
 # ---- the browser: Debian's Chromium, loopback only (fixtures in conftest.py) ----------------
-@dataclass
-class Watched:
-    """One browser context and its page, with everything they did recorded."""
-
-    context: BrowserContext
-    page: Page
-    requests: list[Request] = field(default_factory=list)
-    navigations: list[str] = field(default_factory=list)  # committed main-frame URLs, in order
-    console_errors: list[ConsoleMessage] = field(default_factory=list)
-    page_errors: list[Error] = field(default_factory=list)
-
-    def hosts(self) -> set[str]:
-        return {urlsplit(request.url).hostname or request.url for request in self.requests}
-
-    def errors_outside(self, origin: str) -> list[str]:
-        """Console errors and uncaught exceptions, except those of pages from `origin`.
-
-        A CSP violation is a console error, sometimes without a URL: those count as the portal's.
-        """
-        return [
-            f"{message.text} at {message.location.get('url') or '?'}"
-            for message in self.console_errors
-            if not str(message.location.get("url", "")).startswith(f"{origin}/")
-        ] + [f"uncaught: {error}" for error in self.page_errors]
-
-    def history(self) -> list[str]:
-        """The URLs of the tab's back/forward list (Chromium's DevTools protocol)."""
-        cdp = self.context.new_cdp_session(self.page)
-        try:
-            entries: list[dict[str, Any]] = cdp.send("Page.getNavigationHistory")["entries"]
-        finally:
-            cdp.detach()
-        return [str(entry["url"]) for entry in entries]
-
-
-def _watch(context: BrowserContext) -> Watched:
-    page = context.new_page()
-    watched = Watched(context, page)
-
-    def on_request(request: Request) -> None:
-        watched.requests.append(request)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            watched.console_errors.append(message)
-
-    def on_navigated(frame: Frame) -> None:
-        if frame.parent_frame is None:
-            watched.navigations.append(frame.url)
-
-    def on_page_error(error: Error) -> None:
-        watched.page_errors.append(error)
-
-    context.on("request", on_request)
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
-    page.on("framenavigated", on_navigated)
-    return watched
-
-
 def _styled(page: Page) -> None:
     """Wait for the page's stylesheet: the DOM can be there (and pass `expect`) before it applies."""
     page.wait_for_load_state("load")
@@ -188,7 +122,7 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
 ) -> None:
     home = f"{portal.base_url}/"
     context = browser.new_context(viewport={"width": 1000, "height": 800})  # CSP enforced
-    watched = _watch(context)
+    watched = watch(context.new_page(), whole_context=True)
     page = watched.page
     try:
         # 1. The link from the terminal opens the status page; the token leaves the address bar.
@@ -273,7 +207,7 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
         assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())
         assert watched.requests
         # (The provider's pages are not ours: their missing /favicon.ico logs a 404.)
-        assert not watched.errors_outside(idp.issuer)
+        assert not watched.errors(except_from=idp.issuer)
         history = watched.history()
         assert not [url for url in history if any(part in url for part in SECRETS_IN_URLS)], history
     finally:
@@ -284,7 +218,7 @@ def test_dark_mode_on_a_phone_has_no_horizontal_scroll(
     browser: Browser, idp: TestProvider, portal: PortalServer, tmp_path: Path
 ) -> None:
     context = browser.new_context(viewport={"width": 360, "height": 740}, color_scheme="dark")
-    watched = _watch(context)
+    watched = watch(context.new_page(), whole_context=True)
     page = watched.page
     try:
         page.goto(portal.launch_url)
@@ -303,6 +237,6 @@ def test_dark_mode_on_a_phone_has_no_horizontal_scroll(
         page.screenshot(path=tmp_path / "dark-360-api-key.png", full_page=True)
 
         assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())
-        assert not watched.errors_outside(idp.issuer)
+        assert not watched.errors(except_from=idp.issuer)
     finally:
         context.close()

@@ -21,7 +21,6 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,15 +29,11 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Error,
     Page,
-    Request,
     expect,
 )
 
-from tests.browser import LOOPBACK
+from tests.browser import LOOPBACK, Watched, watch
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
@@ -53,46 +48,9 @@ ENDS_WITHOUT_JS_WITHIN_MS = 20_000
 
 
 # ---- the browser: Debian's Chromium, loopback only (fixtures in conftest.py) ----------------
-@dataclass
-class Watched:
-    """One browser context and its page, with their requests and errors recorded."""
-
-    context: BrowserContext
-    page: Page
-    requests: list[Request] = field(default_factory=list)
-    console_errors: list[ConsoleMessage] = field(default_factory=list)
-    page_errors: list[Error] = field(default_factory=list)
-
-    def hosts(self) -> set[str]:
-        return {urlsplit(request.url).hostname or request.url for request in self.requests}
-
-    def errors(self) -> list[str]:
-        """Console errors (a CSP violation is one, sometimes without a URL) and uncaught exceptions."""
-        return [
-            f"{message.text} at {message.location.get('url') or '?'}" for message in self.console_errors
-        ] + [f"uncaught: {error}" for error in self.page_errors]
-
-
 def _watch(browser: Browser, **options: Any) -> Watched:
     context = browser.new_context(**options)  # never bypass_csp: the portal's CSP applies
-    page = context.new_page()
-    watched = Watched(context, page)
-
-    # (Playwright wraps its handlers: plain functions, not bound built-ins such as list.append.)
-    def on_request(request: Request) -> None:
-        watched.requests.append(request)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            watched.console_errors.append(message)
-
-    def on_page_error(error: Error) -> None:
-        watched.page_errors.append(error)
-
-    context.on("request", on_request)
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
-    return watched
+    return watch(context.new_page(), whole_context=True)
 
 
 def _assert_accessible(page: Page, what: str) -> None:

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -45,14 +45,11 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
     BrowserContext,
-    ConsoleMessage,
-    Error,
     Page,
-    Request,
     expect,
 )
 
-from tests.browser import LOOPBACK
+from tests.browser import LOOPBACK, Watched, watch
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer
@@ -95,39 +92,6 @@ def _for_docs(page: str, variant: Variant) -> bool:
 @pytest.fixture(scope="module")
 def axe() -> Axe:
     return Axe()  # reads axe-core's 570 kB script once
-
-
-@dataclass
-class Watched:
-    """One page (a tab) of a browser context, with its requests and errors recorded."""
-
-    page: Page
-    requests: list[Request] = field(default_factory=list)
-    console_errors: list[ConsoleMessage] = field(default_factory=list)
-    page_errors: list[Error] = field(default_factory=list)
-
-    def hosts(self) -> set[str]:
-        return {urlsplit(request.url).hostname or request.url for request in self.requests}
-
-
-def _watch(context: BrowserContext) -> Watched:
-    watched = Watched(context.new_page())
-
-    # (Playwright wraps its handlers: plain functions, not bound built-ins such as list.append.)
-    def on_request(request: Request) -> None:
-        watched.requests.append(request)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            watched.console_errors.append(message)
-
-    def on_page_error(error: Error) -> None:
-        watched.page_errors.append(error)
-
-    watched.page.on("request", on_request)
-    watched.page.on("console", on_console)
-    watched.page.on("pageerror", on_page_error)
-    return watched
 
 
 # ---- the portal --------------------------------------------------------------------------------
@@ -214,7 +178,7 @@ class Stage:
 
     def open(self, path: str, *, session: bool = True) -> Watched:
         """A new tab on `path`, in the context with the session, or in the one without."""
-        watched = _watch(self.scene.session if session else self.scene.stranger)
+        watched = watch((self.scene.session if session else self.scene.stranger).new_page())
         self.stack.callback(watched.page.close)
         watched.page.goto(f"{self.base_url}{path}")
         return watched
