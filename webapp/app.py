@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from webapp.settings import Settings
 from webapp.store import Credentials, CredentialStore
 
 PACKAGE = Path(__file__).resolve().parent
-log = logging.getLogger("codex_portal")
 
 
 def _asset_dir(name: str) -> Path:

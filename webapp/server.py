@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-log = logging.getLogger("codex_portal")
-
 
 @dataclass(frozen=True)
 class ServerOptions:

@@ -53,6 +53,11 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return response
 
 
+def signed_in_message(email: str | None) -> str:
+    who = f" as {email}" if email else ""
+    return f"Signed in{who}. The Codex CLI will use this account."
+
+
 def home() -> RedirectResponse:
     return RedirectResponse("/", status_code=303)
 

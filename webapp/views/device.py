@@ -11,7 +11,15 @@ from webapp.app import DeviceLogin, Portal
 from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import PortalError
 from webapp.provider import ProviderMetadata
-from webapp.views.common import checked_form, home, portal_of, provider_metadata, render, require_session
+from webapp.views.common import (
+    checked_form,
+    home,
+    portal_of,
+    provider_metadata,
+    render,
+    require_session,
+    signed_in_message,
+)
 
 router = APIRouter()
 
@@ -42,8 +50,7 @@ async def _run_device_login(portal: Portal, metadata: ProviderMetadata, login: D
         if portal.on_login is not None:
             portal.on_login(None, login.outcome[1])
         return
-    who = f" as {result.email}" if result.email else ""
-    login.outcome = ("success", f"Signed in{who}. The Codex CLI will use this account.")
+    login.outcome = ("success", signed_in_message(result.email))
     if portal.on_login is not None:
         portal.on_login(await asyncio.to_thread(portal.store.load), login.outcome[1])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 
@@ -27,6 +28,7 @@ from webapp.views.common import (
     render,
     require_session,
     session_of,
+    signed_in_message,
 )
 
 router = APIRouter()
@@ -130,8 +132,7 @@ async def login_callback(request: Request) -> Response:
     except PortalError as exc:
         return _finish(request, None, f"Sign-in failed: {exc.message}")
     creds = await asyncio.to_thread(portal.store.load)
-    who = f" as {result.email}" if result.email else ""
-    return _finish(request, creds, f"Signed in{who}. The Codex CLI will use this account.")
+    return _finish(request, creds, signed_in_message(result.email))
 
 
 def _provider_refusal(error: str, description: str | None) -> str:
@@ -177,8 +178,8 @@ async def api_key_save(request: Request) -> Response:
         return await _render_status(request, session, form_error=exc.message, status_code=400)
     await save_api_key(portal.store, key, portal.settings)
     creds = await asyncio.to_thread(portal.store.load)
-    hint = creds.api_key_hint if creds else None
-    session.flash(f"API key {hint or ''} saved. The Codex CLI will use it.".replace("  ", " "), "success")
+    hint = f" {creds.api_key_hint}" if creds and creds.api_key_hint else ""
+    session.flash(f"API key{hint} saved. The Codex CLI will use it.", "success")
     return home()
 
 
@@ -206,8 +207,6 @@ async def token_refresh(request: Request) -> Response:
 
 def _seen_digest(access_token: str | None) -> str:
     """Names the token the page showed without putting the token in the page."""
-    import hashlib
-
     return hashlib.sha256((access_token or "").encode()).hexdigest()[:16]
 
 
