@@ -326,17 +326,26 @@ def _proc_file(pid: int, name: str) -> str:
     return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
 
 
-def test_serve_keeps_the_launch_token_out_of_argv_and_its_log(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [str(CODEX_PORTAL), "serve", "--no-browser"],
-        env=_cli_env(tmp_path),
+def _serve(tmp_path: Path, *flags: str, **env: str) -> subprocess.Popen[str]:
+    """`codex-portal serve` as a person starts it, in its own process."""
+    return subprocess.Popen(
+        [str(CODEX_PORTAL), "serve", *flags],
+        env=_cli_env(tmp_path, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _launch_token(url: str) -> str:
+    return dict(parse_qsl(urlsplit(url).query))["token"]
+
+
+def test_serve_keeps_the_launch_token_out_of_argv_and_its_log(tmp_path: Path) -> None:
+    proc = _serve(tmp_path, "--no-browser")
     try:
         url = _first_line(proc)
-        token = dict(parse_qsl(urlsplit(url).query))["token"]
+        token = _launch_token(url)
         assert len(token) >= 43  # 256 bits, base64url
         assert token not in _proc_file(proc.pid, "cmdline")
         assert token not in _proc_file(proc.pid, "environ")
@@ -372,16 +381,10 @@ def test_the_browser_is_sent_a_private_file_not_the_token(tmp_path: Path) -> Non
     browser.chmod(0o700)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    proc = subprocess.Popen(
-        [str(CODEX_PORTAL), "serve"],
-        env=_cli_env(tmp_path, BROWSER=str(browser), TMPDIR=str(temp)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _serve(tmp_path, BROWSER=str(browser), TMPDIR=str(temp))
     try:
         url = _first_line(proc)
-        token = dict(parse_qsl(urlsplit(url).query))["token"]
+        token = _launch_token(url)
         deadline = time.monotonic() + 20
         while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)

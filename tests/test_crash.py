@@ -252,9 +252,8 @@ CredentialStore(Path(sys.argv[1])).save_api_key("sk-abandoned-in-the-temp-file-0
 """
 
 
-def test_killed_mid_write_leaves_the_old_file_and_a_free_lock(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(USER_TEXT)
+def _stalled_writer(config: Path) -> subprocess.Popen[bytes]:
+    """A writer stopped inside its write (after the temp file is written, before the rename)."""
     process = subprocess.Popen(
         [sys.executable, "-c", STALL, str(config)],
         stdin=subprocess.PIPE,
@@ -264,6 +263,18 @@ def test_killed_mid_write_leaves_the_old_file_and_a_free_lock(tmp_path: Path) ->
     assert process.stdout is not None
     try:
         assert process.stdout.readline() == b"inside\n"
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=10)
+        raise
+    return process
+
+
+def test_killed_mid_write_leaves_the_old_file_and_a_free_lock(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(USER_TEXT)
+    process = _stalled_writer(config)
+    try:
         assert not lock_is_free(tmp_path / "config.toml.lock")  # held while it writes
     finally:
         process.kill()
@@ -279,18 +290,9 @@ def test_killed_mid_write_leaves_the_old_file_and_a_free_lock(tmp_path: Path) ->
 def test_next_save_removes_temp_files_of_killed_writers(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(USER_TEXT)
-    process = subprocess.Popen(
-        [sys.executable, "-c", STALL, str(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=python_env(),
-    )
-    assert process.stdout is not None
-    try:
-        assert process.stdout.readline() == b"inside\n"
-    finally:
-        process.kill()
-        process.communicate(timeout=10)
+    process = _stalled_writer(config)
+    process.kill()
+    process.communicate(timeout=10)
     assert len(temp_files(tmp_path)) == 1
     save(config, 2)
     assert temp_files(tmp_path) == []
