@@ -101,3 +101,17 @@ def watch(page: Page, *, whole_context: bool = False) -> Watched:
     page.on("pageerror", on_page_error)
     page.on("framenavigated", on_navigated)
     return watched
+
+
+def assert_accessible(page: Page, what: str) -> None:
+    """axe-core finds no violation, run in the page under its own CSP (axe-playwright-python
+    injects it through the DevTools protocol, which the CSP does not govern)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    page.wait_for_load_state("load")  # the stylesheet applies: colours count
+    results = Axe().run(page)
+    found = [
+        f"{violation['id']} ({violation['impact']}): {[node['target'] for node in violation['nodes']]}"
+        for violation in results.response["violations"]
+    ]
+    assert not found, f"axe-core on {what} ({page.url}):\n" + "\n".join(found)

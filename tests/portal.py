@@ -7,11 +7,13 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 import httpx2
 from fastapi import FastAPI
 
+from tests.conftest import free_port
 from tests.idp import TestProvider
 from webapp.app import Portal
 from webapp.server import serve_portal
@@ -92,6 +94,17 @@ def sign_in(idp: TestProvider, browser: httpx2.Client, login: str = "alice") -> 
     callback = idp.login_without_browser(authorize, login=login)
     assert callback.startswith(f"{browser.base_url}/auth/callback?")
     return browser.get(callback)
+
+
+def settings_for(idp: TestProvider, config_path: Path) -> Settings:
+    """Settings for a portal that signs in through `idp`, on a free port, opening no browser."""
+    return Settings(
+        config_path=config_path,
+        issuer=idp.issuer,
+        client_id=idp.client_id,
+        port=free_port(),
+        open_browser=False,
+    )
 
 
 @contextlib.contextmanager

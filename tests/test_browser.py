@@ -26,18 +26,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
     Page,
     expect,
 )
 
-from tests.browser import LOOPBACK, watch
-from tests.conftest import free_port
+from tests.browser import LOOPBACK, assert_accessible, watch
 from tests.idp import TestProvider
-from tests.portal import PortalServer
-from webapp.settings import Settings
+from tests.portal import PortalServer, settings_for
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-signed-in.png"
 USER_FILE = (
@@ -60,16 +57,6 @@ SECRETS_IN_URLS = ("code=", "state=", "token=")
 def _styled(page: Page) -> None:
     """Wait for the page's stylesheet: the DOM can be there (and pass `expect`) before it applies."""
     page.wait_for_load_state("load")
-
-
-def _assert_accessible(page: Page, what: str) -> None:
-    _styled(page)
-    results = Axe().run(page)
-    found = [
-        f"{violation['id']} ({violation['impact']}): {[node['target'] for node in violation['nodes']]}"
-        for violation in results.response["violations"]
-    ]
-    assert not found, f"axe-core on {what} ({page.url}):\n" + "\n".join(found)
 
 
 def _assert_no_horizontal_scroll(page: Page, width: int) -> None:
@@ -97,13 +84,7 @@ def config_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def portal(idp: TestProvider, config_file: Path) -> Iterator[PortalServer]:
-    settings = Settings(
-        config_path=config_file,
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        port=free_port(),
-        open_browser=False,
-    )
+    settings = settings_for(idp, config_file)
     with PortalServer(settings, launch_token=secrets.token_urlsafe(32)) as server:
         yield server
 
@@ -131,7 +112,7 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
         expect(page.get_by_role("heading", level=1)).to_have_text("Not signed in")
         assert response is not None and response.url == home
         assert "script-src 'self'" in (response.header_value("content-security-policy") or "")
-        _assert_accessible(page, "the status page, signed out")
+        assert_accessible(page, "the status page, signed out")
 
         # 2. Sign in on the provider's own pages, and come back signed in.
         page.get_by_role("button", name="Sign in", exact=True).click()
@@ -164,7 +145,7 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
         shown = page.content()
         for name in ("access_token", "refresh_token", "id_token"):
             assert str(auth[name]) not in shown, f"the page shows the {name}"
-        _assert_accessible(page, "the status page, signed in")
+        assert_accessible(page, "the status page, signed in")
 
         # 3. The picture of the signed-in status page.
         shot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "signed-in.png"
@@ -181,13 +162,13 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
         expect(page.locator("body")).not_to_contain_text(API_KEY)
         assert API_KEY not in page.content()
         assert _auth(config_file) == {"api_key": API_KEY}
-        _assert_accessible(page, "the status page, with an API key and its notice")
+        assert_accessible(page, "the status page, with an API key and its notice")
 
         # The sign-out confirmation page (GET /logout), then back with its Cancel link.
         page.goto(f"{portal.base_url}/logout")
         expect(page.get_by_role("heading", level=1)).to_have_text("Sign out")
         expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-        _assert_accessible(page, "the sign-out confirmation page, signed in")
+        assert_accessible(page, "the sign-out confirmation page, signed in")
         page.get_by_role("link", name="Cancel").click()
         expect(page).to_have_url(home)
         assert _auth(config_file) == {"api_key": API_KEY}
@@ -198,10 +179,10 @@ def test_a_person_signs_in_saves_a_key_and_signs_out(
         expect(page.get_by_role("status")).to_contain_text("Signed out")
         expect(page.get_by_role("heading", level=1)).to_have_text("Not signed in")
         assert config_file.read_bytes() == USER_FILE.encode()
-        _assert_accessible(page, "the status page, signed out, with its notice")
+        assert_accessible(page, "the status page, signed out, with its notice")
         page.goto(f"{portal.base_url}/logout")
         expect(page.get_by_text("You are not signed in.")).to_be_visible()
-        _assert_accessible(page, "the sign-out page, signed out")
+        assert_accessible(page, "the sign-out page, signed out")
 
         # 6. Nothing left loopback, nothing broke the portal's pages, no secret in the history.
         assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())
@@ -226,14 +207,14 @@ def test_dark_mode_on_a_phone_has_no_horizontal_scroll(
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(13, 17, 23)", "the dark palette is not applied"
         _assert_no_horizontal_scroll(page, 360)
-        _assert_accessible(page, "the status page in dark mode, 360 px wide")
+        assert_accessible(page, "the status page in dark mode, 360 px wide")
         page.screenshot(path=tmp_path / "dark-360-signed-out.png", full_page=True)
 
         page.get_by_label("API key", exact=True).fill(API_KEY)
         page.get_by_role("button", name="Save API key").click()
         expect(page.get_by_role("status")).to_contain_text("sk-…wxyz")
         _assert_no_horizontal_scroll(page, 360)
-        _assert_accessible(page, "the status page in dark mode, 360 px wide, with an API key")
+        assert_accessible(page, "the status page in dark mode, 360 px wide, with an API key")
         page.screenshot(path=tmp_path / "dark-360-api-key.png", full_page=True)
 
         assert watched.hosts() <= LOOPBACK, sorted(watched.hosts())

@@ -26,18 +26,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import (
     Browser,
     Page,
     expect,
 )
 
-from tests.browser import LOOPBACK, Watched, watch
-from tests.conftest import free_port
+from tests.browser import LOOPBACK, Watched, assert_accessible, watch
 from tests.idp import TestProvider
-from tests.portal import PortalServer
-from webapp.settings import Settings
+from tests.portal import PortalServer, settings_for
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "device-page.png"
 VIEWPORT = {"width": 1000, "height": 800}
@@ -53,16 +50,6 @@ def _watch(browser: Browser, **options: Any) -> Watched:
     return watch(context.new_page(), whole_context=True)
 
 
-def _assert_accessible(page: Page, what: str) -> None:
-    page.wait_for_load_state("load")  # the stylesheet applies: colours count
-    results = Axe().run(page)
-    found = [
-        f"{violation['id']} ({violation['impact']}): {[node['target'] for node in violation['nodes']]}"
-        for violation in results.response["violations"]
-    ]
-    assert not found, f"axe-core on {what} ({page.url}):\n" + "\n".join(found)
-
-
 # ---- the portal --------------------------------------------------------------------------------
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
@@ -72,13 +59,7 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def portal(idp: TestProvider, config_file: Path) -> Iterator[PortalServer]:
     config_file.parent.mkdir()
-    settings = Settings(
-        config_path=config_file,
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        port=free_port(),
-        open_browser=False,
-    )
+    settings = settings_for(idp, config_file)
     with PortalServer(settings, launch_token=secrets.token_urlsafe(32)) as server:
         yield server
 
@@ -173,7 +154,7 @@ def test_device_sign_in_from_the_page(
         print(f"device page screenshot: {shot}")
         if os.environ.get("UPDATE_SCREENSHOTS") == "1":
             DOCS_SCREENSHOT.write_bytes(shot.read_bytes())
-        _assert_accessible(page, "the device page")
+        assert_accessible(page, "the device page")
         copy_button.click()
         expect(page.locator("#copy-status")).to_have_text("Copied.")
         assert page.evaluate("navigator.clipboard.readText()") == user_code

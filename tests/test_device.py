@@ -15,13 +15,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer, page_csrf
+from tests.portal import PortalServer, page_csrf, settings_for
 from webapp.device import DeviceAuthorization, poll_device_token, start_device_flow
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
 from webapp.provider import ProviderMetadata
-from webapp.settings import Settings
 from webapp.store import OAuthTokens
 
 META = ProviderMetadata(
@@ -236,13 +234,7 @@ def test_cli_device_denied(idp: TestProvider, tmp_path: Path) -> None:
 
 @pytest.fixture
 def device_portal(idp: TestProvider, tmp_path: Path) -> Iterator[httpx2.Client]:
-    settings = Settings(
-        config_path=tmp_path / "config.toml",
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        port=free_port(),
-        open_browser=False,
-    )
+    settings = settings_for(idp, tmp_path / "config.toml")
     with PortalServer(settings, launch_token=LAUNCH) as server:
         with httpx2.Client(base_url=server.base_url, follow_redirects=False, timeout=20) as browser:
             browser.get(server.launch_url)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer, page_csrf, sign_in
+from tests.portal import PortalServer, page_csrf, settings_for, sign_in
 from webapp.settings import Settings
 
 LAUNCH = "flow-launch-token-0123456789abcdefghij"
@@ -26,9 +26,7 @@ def portal_settings(idp: TestProvider, tmp_path: Path) -> Settings:
     config = tmp_path / "home" / "config.toml"
     config.parent.mkdir()
     config.write_text(USER_FILE)
-    return Settings(
-        config_path=config, issuer=idp.issuer, client_id=idp.client_id, port=free_port(), open_browser=False
-    )
+    return settings_for(idp, config)
 
 
 @pytest.fixture
@@ -130,13 +128,7 @@ def test_sign_out_revokes_and_removes_auth(
 
 def test_email_from_userinfo_when_the_id_token_has_none(tmp_path: Path) -> None:
     with TestProvider(email_in_id_token=False) as idp:
-        settings = Settings(
-            config_path=tmp_path / "config.toml",
-            issuer=idp.issuer,
-            client_id=idp.client_id,
-            port=free_port(),
-            open_browser=False,
-        )
+        settings = settings_for(idp, tmp_path / "config.toml")
         with (
             PortalServer(settings, launch_token=LAUNCH) as server,
             httpx2.Client(base_url=server.base_url) as browser,

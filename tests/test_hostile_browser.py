@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tests.browser import LOOPBACK_ONLY, launch_chromium
 from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer, signed_in_portal
+from tests.portal import PortalServer, settings_for, signed_in_portal
 from webapp.app import Portal
 from webapp.settings import Settings
 
@@ -351,9 +351,7 @@ def signed_in_config(idp: TestProvider, tmp_path: Path) -> Path:
     config = tmp_path / "codex" / "config.toml"
     config.parent.mkdir()
     config.write_text(USER_FILE)
-    settings = Settings(
-        config_path=config, issuer=idp.issuer, client_id=idp.client_id, port=free_port(), open_browser=False
-    )
+    settings = settings_for(idp, config)
     with signed_in_portal(idp, settings):
         pass
     text = config.read_text()
@@ -363,13 +361,7 @@ def signed_in_config(idp: TestProvider, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def portal(idp: TestProvider, signed_in_config: Path) -> Iterator[WatchedPortal]:
-    settings = Settings(
-        config_path=signed_in_config,
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        port=free_port(),
-        open_browser=False,
-    )
+    settings = settings_for(idp, signed_in_config)
     with WatchedPortal(settings, launch_token=secrets.token_urlsafe(32)) as server:
         yield server
 

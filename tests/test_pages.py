@@ -50,10 +50,8 @@ from playwright.sync_api import (
 )
 
 from tests.browser import LOOPBACK, Watched, watch
-from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer
-from webapp.settings import Settings
+from tests.portal import PortalServer, settings_for
 
 if TYPE_CHECKING:
     pass
@@ -110,9 +108,7 @@ class Scene:
 def _set_scene(browser: Browser, idp: TestProvider, home: Path, stack: contextlib.ExitStack) -> Scene:
     config = home / ".codex" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        config_path=config, issuer=idp.issuer, client_id=idp.client_id, port=free_port(), open_browser=False
-    )
+    settings = settings_for(idp, config)
     server = PortalServer(settings, launch_token=secrets.token_urlsafe(32))
     server.__enter__()  # (PortalServer's __exit__ is not typed as a context manager's)
     stack.callback(server.__exit__)

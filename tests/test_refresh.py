@@ -15,9 +15,8 @@ import httpx2
 import pytest
 import tomlkit
 
-from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import page_csrf, signed_in_portal
+from tests.portal import page_csrf, settings_for, signed_in_portal
 from webapp.settings import Settings
 from webapp.store import CredentialStore
 from webapp.tokens import ensure_fresh
@@ -30,13 +29,7 @@ def settings(idp: TestProvider, tmp_path: Path) -> Settings:
     home = tmp_path / "codex"
     home.mkdir()
     (home / "config.toml").write_text('model = "o3"\n')
-    return Settings(
-        config_path=home / "config.toml",
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        port=free_port(),
-        open_browser=False,
-    )
+    return settings_for(idp, home / "config.toml")
 
 
 @pytest.fixture

@@ -44,9 +44,8 @@ import pytest
 import tomlkit
 import uvicorn
 
-from tests.conftest import free_port
 from tests.idp import TestProvider
-from tests.portal import PortalServer
+from tests.portal import PortalServer, settings_for
 from webapp.oauth import PendingLogin
 from webapp.settings import Settings
 from webapp.store import CredentialStore
@@ -257,9 +256,7 @@ def test_no_secret_reaches_a_log_a_page_or_a_url(
     home.mkdir()
     config = home / "config.toml"
     config.write_text(USER_FILE)
-    settings = Settings(
-        config_path=config, issuer=idp.issuer, client_id=idp.client_id, port=free_port(), open_browser=False
-    )
+    settings = settings_for(idp, config)
     launch = secrets.token_urlsafe(32)
     found = Secrets()
     found.add("launch token", launch)
