@@ -2,6 +2,7 @@
 # Usage: scripts/startup-time.sh   (5 runs; sort the first column and take the middle one)
 # Time from `codex-portal serve --no-browser` to the first 200 on the launch URL (with its cookie).
 cd "$(dirname "$0")/.."
+.venv/bin/python -m compileall -q webapp  # as an installed wheel has it, even with PYTHONDONTWRITEBYTECODE
 for i in 1 2 3 4 5; do
   port=$((21100 + i)); home=$(mktemp -d)
   start=$(date +%s.%N)
