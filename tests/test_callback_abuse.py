@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx2
 import pytest
 
+import webapp.files
 import webapp.store
 from tests.conftest import free_port
 from tests.idp import TestProvider
@@ -442,13 +443,13 @@ def _code_exchanges(idp: TestProvider) -> int:
 def writes(home: Settings, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every write of the config file (the store's one way to write it)."""
     seen: list[Path] = []
-    original = webapp.store._write_atomic
+    original = webapp.files.write_atomic
 
     def counting(path: Path, text: str) -> None:
         seen.append(path)
         original(path, text)
 
-    monkeypatch.setattr(webapp.store, "_write_atomic", counting)
+    monkeypatch.setattr(webapp.store, "write_atomic", counting)
     return seen
 
 

@@ -7,11 +7,9 @@ atomically (0600). tomlkit and filelock are imported only on the write path.
 
 from __future__ import annotations
 
-import errno
 import functools
 import math
 import os
-import stat
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -22,16 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from webapp.errors import ConfigError, PortalError
+from webapp.files import Identity, identity, make_dirs, read_text, reason, write_atomic
 
 if TYPE_CHECKING:
-    from tomlkit import TOMLDocument
+    from webapp.tomledit import Values
 
 OAUTH_KEYS = ("access_token", "refresh_token", "expires_at", "id_token", "issuer", "client_id")
 API_KEY_MAX = 512
 _OUR_KEYS = (*OAUTH_KEYS, "api_key")
-_CACHE: dict[str, tuple[tuple[int, ...], Credentials | None]] = {}
-
-Values = Mapping[str, str | int | None]  # our key -> its new value, or None to remove it
+_CACHE: dict[str, tuple[Identity, Credentials | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -110,20 +107,20 @@ class CredentialStore:
         cached = _CACHE.get(str(self.path))
         if cached is not None:
             try:
-                if _identity(os.stat(self.path)) == cached[0]:
+                if identity(os.stat(self.path)) == cached[0]:
                     return cached[1]  # one stat() instead of open + fstat + read + decode
             except OSError:
                 pass  # gone or unreadable: _read below says which
-        identity, text = _read(self.path)
-        if identity is None:
+        seen, text = read_text(self.path)
+        if seen is None:
             return None
         cached = _CACHE.get(str(self.path))
-        if cached is not None and cached[0] == identity:
+        if cached is not None and cached[0] == seen:
             return cached[1]
         credentials = _credentials(self.path, _parse(self.path, text))
         if len(_CACHE) > 64:
             _CACHE.clear()
-        _CACHE[str(self.path)] = (identity, credentials)
+        _CACHE[str(self.path)] = (seen, credentials)
         return credentials
 
     def save_oauth(self, tokens: OAuthTokens) -> Credentials | None:
@@ -152,12 +149,12 @@ class CredentialStore:
 
         lock = FileLock(str(self.lock_path), mode=0o600, timeout=self.lock_timeout)
         try:
-            _make_dirs(self.path.parent)
+            make_dirs(self.path.parent)
             lock.acquire()
         except Timeout:
             raise ConfigError(f"{self.path} is locked by another process") from None
         except OSError as exc:
-            raise ConfigError(f"cannot lock {self.lock_path}: {_reason(exc)}") from None
+            raise ConfigError(f"cannot lock {self.lock_path}: {reason(exc)}") from None
         try:
             yield Transaction(self.path)
         finally:
@@ -169,7 +166,7 @@ class Transaction:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self.credentials = _credentials(path, _parse(path, _read(path)[1]))
+        self.credentials = _credentials(path, _parse(path, read_text(path)[1]))
 
     def save_oauth(self, tokens: OAuthTokens) -> None:
         values: dict[str, str | int | None] = {key: getattr(tokens, key) for key in OAUTH_KEYS}
@@ -182,54 +179,20 @@ class Transaction:
         self._apply(dict.fromkeys(_OUR_KEYS))
 
     def _apply(self, values: Values) -> None:
-        text = _read(self._path)[1]
+        from webapp.tomledit import edit_auth
+
+        text = read_text(self._path)[1]
         before = _parse(self._path, text)
         _credentials(self._path, before)  # a key of the wrong type is reported, not overwritten
-        new = _edit(self._path, text, values)
+        new = edit_auth(self._path, text, values)
         self.credentials = _credentials(self._path, _verify(self._path, before, new, values))
         try:
             if new != text:
-                _write_atomic(self._path, new)
+                write_atomic(self._path, new)
             elif self.credentials is not None:
                 os.chmod(os.path.realpath(self._path), 0o600)
         except OSError as exc:
-            raise ConfigError(f"cannot write {self._path}: {_reason(exc)}") from None
-
-
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)).lower()
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    """Changes when the file is replaced, written, or has its mode changed (ctime)."""
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)
-
-
-def _read(path: Path) -> tuple[tuple[int, ...] | None, str]:
-    """The file's identity and text; (None, "") when there is no file."""
-    try:
-        # O_NONBLOCK: a FIFO (or a device) at the path must not hang us; it is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None, ""
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"cannot read {path}: is a directory")
-        raise ConfigError(f"{path} is not a regular file; codex-portal uses only regular files")
-    with open(fd, "rb") as file:
-        try:
-            data = file.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {_reason(exc)}") from None
-    try:
-        return _identity(st), data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path} is not UTF-8 text (line {line})") from None
+            raise ConfigError(f"cannot write {self._path}: {reason(exc)}") from None
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:
@@ -270,98 +233,6 @@ def _expires_at(path: Path, value: object) -> int | None:
     raise ConfigError(f"{path}: auth.expires_at must be seconds since the epoch or an RFC 3339 date-time")
 
 
-def _edit(path: Path, text: str, values: Values) -> str:
-    """The new text: our keys changed, every other byte kept (a BOM and CRLF endings included)."""
-    import tomlkit
-
-    bom = "\ufeff" if text.startswith("\ufeff") else ""
-    body = text.removeprefix(bom)
-    crlf = "\r\n" in body and body.count("\n") == body.count("\r\n")
-    body = body.replace("\r\n", "\n") if crlf else body
-    try:
-        doc = tomlkit.parse(body)
-        if "auth" in doc:
-            roundtrip = tomlkit.dumps(doc)
-            for key, value in values.items():  # set before removing: an emptied split table moves
-                if value is not None:
-                    _set(doc["auth"], key, value)
-            removed = [key for key, value in values.items() if value is None and key in doc["auth"]]
-            for key in removed:
-                del doc["auth"][key]  # doc["auth"] afresh each time: a proxy goes stale after a delete
-            edited = _drop_auth(doc) if removed and len(doc["auth"]) == 0 else tomlkit.dumps(doc)
-            body = edited if roundtrip == body else _keep_lines(body, roundtrip, edited)
-        elif new := {key: value for key, value in values.items() if value is not None}:
-            # Appended as text, so that removing it later gives back the original bytes.
-            body += ("\n" if body.endswith("\n") else "\n\n" if body else "") + tomlkit.dumps({"auth": new})
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"{path} is not valid TOML (line {exc.line}, column {exc.col})") from None
-    except tomlkit.exceptions.TOMLKitError:
-        raise ConfigError(f"cannot edit the [auth] table of {path}") from None
-    return bom + (body.replace("\n", "\r\n") if crlf else body)
-
-
-def _keep_lines(original: str, roundtrip: str, edited: str) -> str:
-    """Lines the edit did not touch, byte for byte: tomlkit rewrites a few (`[1979-05-27 ]` loses a space)."""
-    old, base, new = (text.splitlines(keepends=True) for text in (original, roundtrip, edited))
-    if len(old) != len(base):
-        return edited
-    lines: list[str] = []
-    import difflib
-
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, base, new, autojunk=False).get_opcodes():
-        lines.extend(old[i1:i2] if tag == "equal" else new[j1:j2])
-    return "".join(lines)
-
-
-def _set(auth: Any, key: str, value: str | int) -> None:
-    """Set a key; a new one goes after [auth]'s last key, not after the comments that end it."""
-    from tomlkit import item
-    from tomlkit.items import AoT, Comment, Table
-
-    body = auth.value.body if isinstance(auth, Table) and not auth.is_super_table() else []
-    last = max((i for i, (name, _) in enumerate(body) if name is not None), default=None)
-    trailing = last is not None and any(isinstance(rest, Comment) for _, rest in body[last + 1 :])
-    if key in auth or last is None or not trailing or isinstance(body[last][1], (Table, AoT)):
-        auth[key] = value
-        return
-    new = item(value)
-    new.trivia.indent = body[last][1].trivia.indent
-    auth.value._insert_after(body[last][0], key, new)
-    dict.__setitem__(auth, key, new)
-
-
-def _drop_auth(doc: TOMLDocument) -> str:
-    """Remove the emptied [auth]: its header goes, the comments inside it stay where they were."""
-    import tomlkit
-    from tomlkit.items import Comment, InlineTable, Table
-
-    auth = doc["auth"]
-    if isinstance(auth, InlineTable) and auth.trivia.comment:
-        return tomlkit.dumps(doc)  # `auth = {} # note`: keep it rather than lose the note
-    if not isinstance(auth, Table) or auth.is_super_table():
-        del doc["auth"]
-        return tomlkit.dumps(doc)
-    import secrets
-
-    marker, name = f"codex-portal-{secrets.token_hex(8)}", auth.display_name
-    auth.display_name = marker  # find the header in the output by a name that cannot occur
-    text, trivia, inner = tomlkit.dumps(doc), auth.trivia, auth.as_string()
-    header = f"[{marker}]{trivia.comment_ws}{trivia.comment}{trivia.trail}"
-    start = text.find(header)
-    end = start + len(header) + len(inner)
-    found = start >= len(trivia.indent) and text[start - len(trivia.indent) : start] == trivia.indent
-    if not found or text[end - len(inner) : end] != inner:
-        auth.display_name = name  # not laid out as expected: keep the empty header, lose nothing
-        return tomlkit.dumps(doc)
-    head, tail = text[: start - len(trivia.indent)], text[end:]
-    if trivia.comment or any(isinstance(item, Comment) for _, item in auth.value.body):
-        indent = trivia.indent[: trivia.indent.rfind("\n") + 1]
-        return head + indent + (trivia.comment + trivia.trail if trivia.comment else "") + inner + tail
-    if not tail and head.endswith("\n\n"):
-        head = head[:-1]  # the blank line that separated [auth] from what came before
-    return head + tail
-
-
 def _verify(path: Path, before: dict[str, Any], new: str, values: Values) -> dict[str, Any]:
     """The new text parsed, if it differs from before in our keys only: a guard against editor bugs."""
     refusal = ConfigError(f"refusing to write {path}: the edit would change more than the [auth] keys")
@@ -383,46 +254,6 @@ def _others(data: Mapping[str, Any]) -> str:
     """Everything but our keys, as text (so that NaN equals NaN)."""
     ours = {key: value for key, value in _auth(data).items() if key not in _OUR_KEYS}
     return repr(({key: value for key, value in data.items() if key != "auth"}, ours))
-
-
-def _make_dirs(directory: Path) -> None:
-    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
-    os.makedirs(directory, 0o700, exist_ok=True)
-    for created in missing:
-        os.chmod(created, 0o700)  # the mode given to makedirs is filtered by the umask
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    target = Path(os.path.realpath(path))  # replace the target: a symlinked config stays a symlink
-    _make_dirs(target.parent)
-    if target.exists() and not os.access(target, os.W_OK):
-        # os.replace needs only the folder's permission: respect a file the person made read-only.
-        raise PermissionError(errno.EACCES, "permission denied (the file is read-only)")
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        # Left by a writer killed mid-write (they hold credentials). We hold the lock, so no live
-        # writer has a temporary file now.
-        with suppress(OSError):
-            stale.unlink()
-    import tempfile
-
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with open(fd, "wb") as file:
-            file.write(text.encode("utf-8"))
-            file.flush()
-            os.fchmod(file.fileno(), 0o600)
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
-    with suppress(OSError):  # some filesystems cannot fsync a directory; the file is in place anyway
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def status_report(

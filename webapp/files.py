@@ -1,0 +1,94 @@
+"""The config file on disk: read without hanging on what is not a regular file, replaced atomically.
+
+The caller holds the sidecar lock for a write (webapp.store). A write goes to a 0600 temporary
+file in the same folder, is fsynced, renamed over the target (the target of a symlink, so the link
+stays) and the folder fsynced: a crash leaves the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from contextlib import suppress
+from pathlib import Path
+
+from webapp.errors import ConfigError
+
+Identity = tuple[int, ...]
+
+
+def reason(exc: OSError) -> str:
+    return (exc.strerror or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)).lower()
+
+
+def identity(st: os.stat_result) -> Identity:
+    """Changes when the file is replaced, written, or has its mode changed (ctime)."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)
+
+
+def read_text(path: Path) -> tuple[Identity | None, str]:
+    """The file's identity and text; (None, "") when there is no file."""
+    try:
+        # O_NONBLOCK: a FIFO (or a device) at the path must not hang us; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {reason(exc)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"cannot read {path}: is a directory")
+        raise ConfigError(f"{path} is not a regular file; codex-portal uses only regular files")
+    with open(fd, "rb") as file:
+        try:
+            data = file.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {reason(exc)}") from None
+    try:
+        return identity(st), data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line})") from None
+
+
+def make_dirs(directory: Path) -> None:
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    os.makedirs(directory, 0o700, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)  # the mode given to makedirs is filtered by the umask
+
+
+def write_atomic(path: Path, text: str) -> None:
+    target = Path(os.path.realpath(path))  # replace the target: a symlinked config stays a symlink
+    make_dirs(target.parent)
+    if target.exists() and not os.access(target, os.W_OK):
+        # os.replace needs only the folder's permission: respect a file the person made read-only.
+        raise PermissionError(errno.EACCES, "permission denied (the file is read-only)")
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        # Left by a writer killed mid-write (they hold credentials). We hold the lock, so no live
+        # writer has a temporary file now.
+        with suppress(OSError):
+            stale.unlink()
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with open(fd, "wb") as file:
+            file.write(text.encode("utf-8"))
+            file.flush()
+            os.fchmod(file.fileno(), 0o600)
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    with suppress(OSError):  # some filesystems cannot fsync a directory; the file is in place anyway
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
