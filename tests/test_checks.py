@@ -53,7 +53,10 @@ def test_status_page_shows_warnings_and_the_expired_state(
     assert "Session expired" in page
     assert "cannot be\n  refreshed: sign in again" in page
     assert "can be read by other users" in page
+    status = browser_client.get("/api/status").json()
+    assert status["signed_in"] is False and status["expired"] is True and status["method"] == "oauth"
     config_path.write_text('[auth]\naccess_token = "at"\nrefresh_token = "rt"\nexpires_at = 1000\n')
+    assert browser_client.get("/api/status").json()["signed_in"] is True
     page = browser_client.get("/").text
     assert "press <strong>Refresh</strong> now" in page
     assert 'data-expires="1000"' in page and "expired" in page

@@ -68,24 +68,99 @@ def test_bad_api_key_is_refused(
     assert not (codex_home / "config.toml").exists()
 
 
-def test_api_key_is_never_taken_from_argv(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["login", "--api-key", KEY]) == 2
-    assert KEY not in capsys.readouterr().out
+@pytest.mark.parametrize(
+    "argv",
+    [["login", "--api-key", KEY], ["login", KEY], ["login", f"--api-key={KEY}"], [KEY], ["status", KEY]],
+)
+def test_api_key_is_never_taken_from_argv_nor_repeated(
+    argv: list[str], capsys: pytest.CaptureFixture[str], codex_home: Path
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert KEY not in out + err and "usage:" in err
+    if argv[0] == "login" and "=" not in argv[1]:
+        assert "an API key is never taken from the command line" in err
+    assert not codex_home.exists()
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "usage", "message"),
     [
-        ["--port", "0"],
-        ["--port", "http"],
-        ["status", "--bogus"],
-        ["login", "--device", "--api-key"],
-        ["frobnicate"],
+        (["--port", "0"], "codex-portal serve", "invalid port '0'"),
+        (["--port", "http"], "codex-portal serve", "invalid port 'http'"),
+        (["status", "--bogus"], "codex-portal status", "unrecognized arguments: --bogus"),
+        (["status", "--json=yes"], "codex-portal status", "argument --json: takes no value"),
+        (["login", "--device", "--api-key"], "codex-portal login", "not allowed with argument"),
+        (["stauts"], "codex-portal [-h]", "unknown command 'stauts': use one of serve, login, status"),
     ],
 )
-def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(
+    argv: list[str], usage: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage}") and message in err, err
+
+
+def test_a_bad_port_in_the_environment_is_named_and_stops_only_what_listens(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODEX_PORTAL_PORT", "abc")
+    assert main(["status"]) == 1
+    assert "Not signed in" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(KEY))
+    assert main(["login", "--api-key"]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--no-browser"]) == 1
+    assert capsys.readouterr().err == (
+        "Error: invalid port 'abc' in CODEX_PORTAL_PORT: use a number from 1 to 65535\n"
+    )
+
+
+def test_ctrl_d_at_the_key_prompt_changes_nothing(codex_home: Path) -> None:
+    """On a real terminal (a pty): the hidden prompt, then Ctrl-D: one line, no traceback."""
+    import pty
+
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "webapp", "login", "--api-key"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=os.environ.copy(),
+        start_new_session=True,  # the pty becomes its controlling terminal, as getpass wants
+    ) as proc:
+        os.close(follower)
+        output = _read_until(leader, b"API key (input hidden): ")
+        os.write(leader, b"\x04")
+        output += _read_until(leader, b"")  # to EOF: the process exited
+        assert proc.wait(timeout=30) == 1
+    os.close(leader)
+    text = output.decode()
+    assert "Error: no API key given; nothing was changed" in text and "Traceback" not in text, text
+    assert not codex_home.exists()
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 30.0) -> bytes:
+    """Read a pty until `wanted` appears (or, for b"", until the other side closes)."""
+    import select
+    import time
+
+    data, deadline = b"", time.monotonic() + timeout
+    while not (wanted and wanted in data):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"timed out waiting for {wanted!r}; got {data!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: every process on the other side has closed it
+            chunk = b""
+        if not chunk:
+            if wanted:
+                raise AssertionError(f"closed before {wanted!r}; got {data!r}")
+            break
+        data += chunk
+    return data
 
 
 def test_token_when_signed_out(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,3 +209,29 @@ def test_status_does_not_import_the_web_stack(codex_home: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("auth", "code", "headline"),
+    [
+        (
+            'access_token = "at"\nexpires_at = 1000\n',
+            1,
+            "Session expired, and it cannot be refreshed: sign in again.",
+        ),
+        ('access_token = "at"\nrefresh_token = "rt"\nexpires_at = 1000\n', 0, "Signed in with OAuth."),
+        (f'access_token = "at"\nexpires_at = {2**31}\n', 0, "Signed in with OAuth."),
+    ],
+)
+def test_expired_past_refresh_is_not_signed_in(
+    auth: str, code: int, headline: str, capsys: pytest.CaptureFixture[str], codex_home: Path
+) -> None:
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(f"[auth]\n{auth}")
+    assert main(["status"]) == code
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == headline and "access token expires" in out
+    assert main(["status", "--json"]) == code
+    report = json.loads(capsys.readouterr().out)
+    assert report["signed_in"] is (code == 0) and report["method"] == "oauth"
+    assert report["expired"] is ("1000" in auth)

@@ -6,10 +6,11 @@ Commands that only read the config file import neither the web stack nor an HTTP
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from webapp import __version__
 from webapp.errors import PortalError
@@ -20,10 +21,37 @@ MAX_KEY_INPUT = 64 * 1024
 EPILOG = """\
 where things are read from (first found wins):
   config file   $CODEX_HOME/config.toml, else ~/.codex/config.toml
-  provider      --issuer/--client-id/--scope flags, then CODEX_PORTAL_ISSUER, CODEX_PORTAL_CLIENT_ID,
-                CODEX_PORTAL_SCOPE, then the Codex CLI's defaults
+  provider      --issuer, --client-id, --scope; then CODEX_PORTAL_ISSUER,
+                CODEX_PORTAL_CLIENT_ID, CODEX_PORTAL_SCOPE; then the Codex CLI's
+                defaults
   port          --port, then CODEX_PORTAL_PORT, then 1455
 """
+NO_KEY_IN_ARGV = (
+    "an API key is never taken from the command line (other users can read it there): "
+    "run `codex-portal login --api-key` and paste it at the prompt, or pipe it in"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that an error repeats no value from the command line: it may be a key."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --api-key: ignored explicit argument 'sk-...'" (from --api-key=sk-...)
+        message = re.sub(r"ignored explicit argument .*", "takes no value", message)
+        super().error(message)
+
+
+def _unexpected(extra: list[str], command: str) -> str:
+    """Which words were not understood: options by name, anything else only counted."""
+    options = [word.split("=", 1)[0] for word in extra if word.startswith("-")]
+    hidden = len(extra) - len(options)
+    parts = [f"unrecognized arguments: {' '.join(options)}"] if options else []
+    if hidden:
+        words = "an unexpected word" if hidden == 1 else f"{hidden} unexpected words"
+        parts.append(f"{words} (not repeated here, in case of a secret)")
+        if command == "login":
+            parts.append(NO_KEY_IN_ARGV)
+    return "; ".join(parts)
 
 
 def _provider_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -52,8 +80,9 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own parser (for errors that show that command's usage)."""
+    parser = _Parser(
         prog="codex-portal",
         description="Manage the Codex CLI's login in $CODEX_HOME/config.toml from a localhost web page.",
         epilog=EPILOG,
@@ -74,15 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("token", help="print a valid access token (or the API key), refreshing it first if needed")
     sub.add_parser("logout", help="revoke (best effort) and remove the credentials")
-    return parser
+    return parser, sub.choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        args_list.insert(0, "serve")
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "serve")  # `codex-portal --port 1456` serves
+    parser, commands = build_parser()
     try:
-        args = build_parser().parse_args(args_list)
+        if args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
+            word = args_list[0]
+            named = repr(word) if re.fullmatch(r"[a-z][a-z-]{0,19}", word) else "(not repeated here)"
+            parser.error(f"unknown command {named}: use one of {', '.join(COMMANDS)}")
+        args, extra = parser.parse_known_args(args_list)
+        if extra:
+            commands[args.command].error(_unexpected(extra, args.command))
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
@@ -97,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env().with_overrides(
+    # A bad CODEX_PORTAL_PORT concerns only the commands that listen on a port.
+    listens = args.command == "serve" or (args.command == "login" and not args.api_key)
+    settings = Settings.from_env(with_port=listens).with_overrides(
         port=getattr(args, "port", None),
         issuer=getattr(args, "issuer", None),
         client_id=getattr(args, "client_id", None),
@@ -190,7 +228,10 @@ def _login_api_key(settings: Settings) -> int:
     if sys.stdin.isatty():
         import getpass
 
-        raw = getpass.getpass("API key (input hidden): ")
+        try:
+            raw = getpass.getpass("API key (input hidden): ")
+        except EOFError:  # Ctrl-D at the prompt
+            raise PortalError("no API key given; nothing was changed") from None
     else:
         try:
             raw = sys.stdin.read(MAX_KEY_INPUT + 1)
@@ -211,28 +252,29 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     creds = CredentialStore(settings.config_path).load()
     report = status_report(creds, config_path=str(settings.config_path))
-    usable = creds is not None and (not report["expired"] or bool(creds.refresh_token))
+    code = 0 if report["signed_in"] else 1
     if args.json:
         import json
 
         print(json.dumps(report))
-        return 0 if usable else 1
+        return code
     if creds is None:
         print(f"Not signed in. (config: {settings.config_path})")
-    elif creds.method == "api_key":
+        return code
+    who = f" as {creds.email}" if creds.email else ""
+    if creds.method == "api_key":
         print(f"Signed in with an API key {creds.api_key_hint}.")
+    elif not report["signed_in"]:
+        print(f"Session expired{who}, and it cannot be refreshed: sign in again.")
     else:
-        print(f"Signed in with OAuth{' as ' + creds.email if creds.email else ''}.")
-        if creds.expires_at is not None:
-            from webapp.humanize import format_time_left, format_utc
+        print(f"Signed in with OAuth{who}.")
+    if creds.expires_at is not None:
+        from webapp.humanize import format_time_left, format_utc
 
-            left = format_time_left(creds.expires_at - int(time.time()))
-            print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
-        if report["expired"] and not creds.refresh_token:
-            print("  expired, and there is no refresh token: sign in again")
-    if creds is not None:
-        print(f"  config: {settings.config_path}")
-    return 0 if usable else 1
+        left = format_time_left(creds.expires_at - int(time.time()))
+        print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
+    print(f"  config: {settings.config_path}")
+    return code
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -33,15 +33,15 @@ class Settings:
     revoke_timeout: float = 5.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, with_port: bool = True) -> Settings:
         env = os.environ if environ is None else environ
         settings = cls(config_path=default_codex_home(env) / "config.toml")
-        port = env.get("CODEX_PORTAL_PORT")
+        port = env.get("CODEX_PORTAL_PORT") if with_port else None
         return settings.with_overrides(
             issuer=env.get("CODEX_PORTAL_ISSUER"),
             client_id=env.get("CODEX_PORTAL_CLIENT_ID"),
             scope=env.get("CODEX_PORTAL_SCOPE"),
-            port=parse_port(port) if port else None,
+            port=parse_port(port, name="CODEX_PORTAL_PORT") if port else None,
         )
 
     def with_overrides(self, **values: object) -> Settings:
@@ -57,7 +57,7 @@ class Settings:
         return f"http://localhost:{self.port}"
 
 
-def parse_port(text: str) -> int:
+def parse_port(text: str, *, name: str = "") -> int:
     from webapp.errors import PortalError
 
     try:
@@ -65,5 +65,6 @@ def parse_port(text: str) -> int:
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
-        raise PortalError(f"invalid port {text!r}: use a number from 1 to 65535")
+        where = f" in {name}" if name else ""
+        raise PortalError(f"invalid port {text!r}{where}: use a number from 1 to 65535")
     return port

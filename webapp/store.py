@@ -259,12 +259,17 @@ def _others(data: Mapping[str, Any]) -> str:
 def status_report(
     creds: Credentials | None, *, config_path: str, now: float | None = None
 ) -> dict[str, object]:
-    """The status object of SPEC section 2, shared by `status --json` and GET /api/status."""
+    """The status object of SPEC section 2, shared by `status --json` and GET /api/status.
+
+    Credentials that expired and cannot be refreshed are not a sign-in: `signed_in` is false, and
+    the other keys still say what the file holds.
+    """
+    expired = creds.expired(now) if creds else False
     return {
-        "signed_in": creds is not None,
+        "signed_in": creds is not None and not (expired and not creds.refresh_token),
         "method": creds.method if creds else None,
         "expires_at": creds.expires_at if creds else None,
-        "expired": creds.expired(now) if creds else False,
+        "expired": expired,
         "email": creds.email if creds else None,
         "api_key_hint": creds.api_key_hint if creds else None,
         "config_path": config_path,
