@@ -400,7 +400,22 @@ def test_the_browser_is_sent_a_private_file_not_the_token(tmp_path: Path) -> Non
     assert seen["mode"] == 0o600 and seen["dir_mode"] == 0o700
     assert html.escape(url, quote=True) in seen["content"]  # the file leads to the portal
     assert not opened.parent.exists()  # removed when the portal stopped
-    assert token not in err
+    assert token not in err and "No web browser could be opened" not in err
+
+
+def test_no_browser_to_open_is_said_and_leaves_no_file(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = _serve(tmp_path, BROWSER=str(tmp_path / "no-such-browser"), TMPDIR=str(temp))
+    try:
+        url = _first_line(proc)
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]  # "serving ...", then the browser's fate
+    finally:
+        _stop(proc)
+    assert url.startswith("http://localhost:")
+    assert lines[1] == "No web browser could be opened here: open the link above in yours.\n", lines
+    assert list(temp.iterdir()) == []  # the redirect file went at once, not after a minute
 
 
 # ---- the callback against the real provider ----------------------------------------------------------

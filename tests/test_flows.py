@@ -165,8 +165,9 @@ def test_cli_login_status_logout(idp: TestProvider, tmp_path: Path) -> None:
     assert "code=" not in str(done.url)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    assert err.splitlines()[0] == "To sign in, open this link in your browser:"
     assert "Signed in as alice@example.test" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "GET /" not in err  # a one-shot sign-in logs no requests
 
     status = subprocess.run([*cli, "status", "--json"], env=env, capture_output=True, text=True)
     assert status.returncode == 0

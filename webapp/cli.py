@@ -171,7 +171,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
         import asyncio
 
         return asyncio.run(_login_device(settings))
-    from webapp.server import ServerOptions, run_login_server
+    from webapp.server import ServerOptions, run_login_server, sign_in_prompt
 
     options = ServerOptions(
         port=settings.port,
@@ -183,7 +183,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     def show(url: str) -> None:
-        print("Sign in in your browser. If it did not open, open this link:", file=sys.stderr)
+        print(sign_in_prompt(settings.open_browser), file=sys.stderr)
         print(url, flush=True)
 
     import asyncio

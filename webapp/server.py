@@ -82,9 +82,10 @@ def bind_sockets(settings: Settings) -> list[socket.socket]:
     return sockets
 
 
-def open_in_browser(url: str) -> None:
+def open_in_browser(url: str) -> bool:
     """Open `url` without putting it in any process's argv (other users can read argv): the
-    browser is pointed at a private 0600 file that redirects, the way Jupyter does it."""
+    browser is pointed at a private 0600 file that redirects, the way Jupyter does it. False when
+    no browser could be started."""
     import webbrowser
 
     folder = tempfile.mkdtemp(prefix="codex-portal-")
@@ -102,19 +103,22 @@ def open_in_browser(url: str) -> None:
     timer = threading.Timer(60.0, remove)
     timer.daemon = True
     timer.start()
-    webbrowser.open(path.as_uri())
+    opened = webbrowser.open(path.as_uri())
+    if not opened:
+        remove()
+    return opened
 
 
 def _drop(record: logging.LogRecord) -> bool:
     return False
 
 
-def _configure_logging() -> None:
+def _configure_logging(log_requests: bool) -> None:
     # uvicorn's access log prints query strings (launch tokens, codes). access_log=False is not
     # enough inside a process that configures uvicorn's loggers for something else too.
     logging.getLogger("uvicorn.access").addFilter(_drop)
     logger = logging.getLogger("codex_portal")
-    if not logger.handlers:
+    if log_requests and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
@@ -129,8 +133,12 @@ async def serve_portal(
     stop: asyncio.Event | None = None,
     on_login: Callable[[Credentials | None, str], None] | None = None,
     app_ready: Callable[[FastAPI], None] | None = None,
+    log_requests: bool = True,
 ) -> None:
-    """Run the portal until `stop` is set (or a signal); `on_ready` runs once it answers."""
+    """Run the portal until `stop` is set (or a signal); `on_ready` runs once it answers.
+
+    `log_requests`: print a line per request on stderr (the path, never the query string).
+    """
     import uvicorn
 
     from webapp.app import create_app
@@ -151,7 +159,7 @@ async def serve_portal(
         h11_max_incomplete_event_size=16 * 1024,
         http=PortalProtocol,
     )
-    _configure_logging()
+    _configure_logging(log_requests)
     try:
         async with app.router.lifespan_context(app):
             await _run_until_stopped(uvicorn.Server(config), sockets, on_ready=on_ready, stop=stop)
@@ -184,6 +192,15 @@ async def _run_until_stopped(
     await task
 
 
+NO_BROWSER = "No web browser could be opened here: open the link above in yours."
+
+
+def sign_in_prompt(open_browser: bool) -> str:
+    if open_browser:
+        return "Opening your browser to sign in. If it does not open, use this link:"
+    return "To sign in, open this link in your browser:"
+
+
 def launch_url(settings: Settings, token: str) -> str:
     return f"http://localhost:{settings.port}/?token={token}"
 
@@ -201,8 +218,8 @@ def run_serve(settings: Settings) -> int:
             file=sys.stderr,
             flush=True,
         )
-        if settings.open_browser:
-            open_in_browser(url)
+        if settings.open_browser and not open_in_browser(url):
+            print(NO_BROWSER, file=sys.stderr, flush=True)
 
     if settings.allow_remote:
         print(
@@ -246,9 +263,9 @@ async def run_login_server(
             if on_url is not None:
                 on_url(url)
             else:
-                print(f"Sign in in your browser. If it did not open, open this link:\n{url}", file=sys.stderr)
-            if settings.open_browser:
-                await asyncio.to_thread(open_in_browser, url)
+                print(f"{sign_in_prompt(settings.open_browser)}\n{url}", file=sys.stderr)
+            if settings.open_browser and not await asyncio.to_thread(open_in_browser, url):
+                print(NO_BROWSER, file=sys.stderr, flush=True)
 
         tasks.append(asyncio.ensure_future(begin()))
 
@@ -260,6 +277,7 @@ async def run_login_server(
             stop=stop,
             on_login=on_login,
             app_ready=apps.append,
+            log_requests=False,  # a one-shot sign-in: the person's terminal, or the caller's logging
         )
     )
     try:
