@@ -10,13 +10,19 @@ def format_utc(timestamp: int) -> str:
 
 
 def format_time_left(seconds: int) -> str:
-    """'3 h 12 min left', 'expired 5 min ago', 'less than a minute left'."""
+    """'3 h 12 min left', 'expired 5 min ago', 'less than a minute left', 'expired over 56 years ago'.
+
+    static/status.js says the same in the browser (tests/test_humanize.py holds them together).
+    """
     span = abs(int(seconds))
     days, rest = divmod(span, 86400)
     hours, rest = divmod(rest, 3600)
     minutes = rest // 60
     parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
     text = " ".join(parts) if parts else "less than a minute"
+    if days >= 365:
+        years = days // 365
+        text = f"over {years} year{'s' if years > 1 else ''}"
     return f"{text} left" if seconds > 0 else f"expired {text} ago"
 
 
