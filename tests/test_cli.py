@@ -235,3 +235,19 @@ def test_expired_past_refresh_is_not_signed_in(
     report = json.loads(capsys.readouterr().out)
     assert report["signed_in"] is (code == 0) and report["method"] == "oauth"
     assert report["expired"] is ("1000" in auth)
+
+
+def test_a_codex_home_that_cannot_be_a_folder_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    for home, message in (
+        (afile, f"Error: {afile} is not a folder: CODEX_HOME must name a folder\n"),
+        (afile / "codex", f"Error: cannot create the folder {afile / 'codex'}: not a directory\n"),
+    ):
+        monkeypatch.setenv("CODEX_HOME", str(home))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(KEY))
+        assert main(["login", "--api-key"]) == 1
+        assert capsys.readouterr().err == message
+    assert afile.read_text() == "not a folder\n"

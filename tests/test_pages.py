@@ -387,7 +387,9 @@ def _logout_signed_out(stage: Stage) -> Shown:
 def _error_403(stage: Stage) -> Shown:
     watched = stage.open("/", session=False)
     _heading(watched.page, "Access refused")
-    expect(watched.page.get_by_role("alert")).to_contain_text("needs the link printed in the terminal")
+    alert = watched.page.get_by_role("alert")
+    expect(alert).to_contain_text("needs the link that codex-portal printed in the terminal")
+    expect(alert).to_contain_text(f"it starts with {stage.base_url}/")
     return Shown(watched, 403)
 
 

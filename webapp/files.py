@@ -55,8 +55,14 @@ def read_text(path: Path) -> tuple[Identity | None, str]:
 
 
 def make_dirs(directory: Path) -> None:
+    """The folder of the config file (CODEX_HOME), created 0700 with any missing parents."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is not a folder: CODEX_HOME must name a folder")
     missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
-    os.makedirs(directory, 0o700, exist_ok=True)
+    try:
+        os.makedirs(directory, 0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {directory}: {reason(exc)}") from None
     for created in missing:
         os.chmod(created, 0o700)  # the mode given to makedirs is filtered by the umask
 

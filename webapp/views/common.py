@@ -13,7 +13,9 @@ from webapp.provider import ProviderMetadata, discover, http_client
 from webapp.security import Session
 
 NO_SESSION = (
-    "This page needs the link printed in the terminal by codex-portal. Open that link, or restart it."
+    "This page needs the link that codex-portal printed in the terminal (it starts with "
+    "http://localhost:{port}/; a session opened there does not carry over to 127.0.0.1). "
+    "Open that link, or restart codex-portal for a new one."
 )
 
 
@@ -34,7 +36,7 @@ def session_of(request: Request) -> Session | None:
 def require_session(request: Request) -> Session:
     session = session_of(request)
     if session is None:
-        raise AccessDenied(NO_SESSION)
+        raise AccessDenied(NO_SESSION.format(port=portal_of(request).settings.port))
     return session
 
 

@@ -198,7 +198,7 @@ async def token_refresh(request: Request) -> Response:
                 ensure_fresh, portal.store, portal.settings, force=True, seen_access_token=seen_token
             )
     except PortalError as exc:
-        session.flash(f"Refresh failed: {exc.message}.", "error")
+        session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")  # "Could not refresh: ..."
         return home()
     left = f" It expires {format_utc(fresh.expires_at)}." if fresh.expires_at else ""
     session.flash(f"Access token refreshed.{left}", "success")
