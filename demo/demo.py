@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -92,12 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = "kept after the demo" if kept else "a throwaway CODEX_HOME, removed at the end"
             say(f"                 ({where}; your own ~/.codex is not touched)")
             say()
+            _warn_about_an_earlier_provider(config, provider.issuer)
             return _run_portal(args, provider, codex_home)
     except KeyboardInterrupt:
         return 0
     except ProviderError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+
+
+def _warn_about_an_earlier_provider(config: Path, issuer: str) -> None:
+    """A kept CODEX_HOME may hold tokens of an earlier demo, whose provider (another port) is gone."""
+    try:
+        auth = tomllib.loads(config.read_text(encoding="utf-8")).get("auth")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return  # no file yet, or one the portal will name the fault of
+    earlier = auth.get("issuer") if isinstance(auth, dict) else None
+    if isinstance(earlier, str) and earlier != issuer:
+        say(f"Note: the config file holds a sign-in from another provider ({earlier}); Refresh goes")
+        say("there, and an earlier demo's provider is gone by now. Sign in again here (or Sign out)")
+        say("to start afresh.")
+        say()
 
 
 def _stop_on(*signals: signal.Signals) -> None:
@@ -134,8 +150,15 @@ def _run_portal(args: argparse.Namespace, provider: TestProvider, codex_home: Pa
             print(f"Error: the portal printed no link within {START_TIMEOUT:.0f} s.", file=sys.stderr)
             return 1
         if url is not None:
-            _show_instructions(url, codex_home / "config.toml", opened=not args.no_browser)
-            _watch(portal, codex_home / "config.toml")
+            config = codex_home / "config.toml"
+            before = _snapshot(config)  # before anyone has the link
+            if before is not None:
+                say(f"{config.name} now: {_describe(config)}")
+                say()
+            names = ("CODEX_HOME", "CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID")
+            exports = "export " + " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
+            _show_instructions(url, config, opened=not args.no_browser, cli_environment=exports)
+            _watch(portal, config, before)
         return _exit_status(portal)
 
 
@@ -180,7 +203,7 @@ def _forwarded(portal: subprocess.Popen[bytes]) -> Iterator[queue.Queue[str | No
         portal.stderr.close()
 
 
-def _show_instructions(url: str, config: Path, *, opened: bool) -> None:
+def _show_instructions(url: str, config: Path, *, opened: bool, cli_environment: str) -> None:
     if opened:
         say("The portal opens this link in your browser (if nothing opens, open it yourself; it works once):")
     else:
@@ -188,32 +211,40 @@ def _show_instructions(url: str, config: Path, *, opened: bool) -> None:
     say()
     say(url)
     say()
-    say('Then press "Sign in". On the test provider\'s page type any name and any password, press')
-    say('"Sign-in", then "Continue": you are back on the portal, signed in. "Sign in with a code",')
-    say('"Save API key", "Refresh" and "Sign out" work too, and each of them changes')
+    say('Then press "Sign in". On the test provider\'s page type any name (a name, not an e-mail:')
+    say('"alice" becomes alice@example.test) and any password, press "Sign-in", then "Continue":')
+    say('you are back on the portal, signed in. "Sign in with a code", "Save API key", "Refresh"')
+    say('and "Sign out" work too, and each of them changes')
     say(f"  {config}")
+    say()
+    say("The command line works against the same provider; in another terminal:")
+    say(f"  {cli_environment}")
+    say("  .venv/bin/codex-portal status      (or token, logout, login --device, login --api-key)")
+    say()
     say("Press Ctrl-C to stop the portal and the test provider.")
     say()
 
 
-def _watch(portal: subprocess.Popen[bytes], config: Path) -> None:
+def _watch(portal: subprocess.Popen[bytes], config: Path, seen: tuple[int, int] | None) -> None:
     """Wait for the portal to exit, telling which keys [auth] holds whenever the file changes."""
-    seen: tuple[int, int] | None = None
     while True:
         try:
             portal.wait(timeout=WATCH_INTERVAL)
             return
         except subprocess.TimeoutExpired:
             pass
-        try:
-            stat = config.stat()
-            now: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            now = None
+        now = _snapshot(config)
         if now != seen:
-            if seen is not None or now is not None:
-                say(f"{config.name} changed: {_describe(config)}")
+            say(f"{config.name} changed: {_describe(config)}")
             seen = now
+
+
+def _snapshot(config: Path) -> tuple[int, int] | None:
+    try:
+        stat = config.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _describe(config: Path) -> str:

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -192,6 +193,7 @@ def test_demo_signs_in_into_a_throwaway_codex_home_and_ctrl_c_stops_both(tmp_pat
         issuer = demo.value("Test provider:")
         config = Path(demo.value("Config file:"))
         url = demo.launch_url(port)
+        exports = demo.out.wait_for(lambda line: line.strip().startswith("export CODEX_HOME="))
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", issuer)
         assert config.name == "config.toml" and not config.is_relative_to(Path(env["HOME"]))
         assert not config.exists()
@@ -206,6 +208,23 @@ def test_demo_signs_in_into_a_throwaway_codex_home_and_ctrl_c_stops_both(tmp_pat
         assert config.stat().st_mode & 0o777 == 0o600
         changed = demo.out.wait_for(lambda line: line.startswith("config.toml changed:"))
         assert "access_token" in changed and "refresh_token" in changed
+
+        # The command line, with the environment the demo printed for it.
+        cli_env = dict(word.split("=", 1) for word in shlex.split(exports)[1:])
+        assert cli_env == {
+            "CODEX_HOME": str(config.parent),
+            "CODEX_PORTAL_ISSUER": issuer,
+            "CODEX_PORTAL_CLIENT_ID": "codex-portal-test",
+        }
+        status = subprocess.run(
+            [sys.executable, "-m", "webapp", "status"],
+            env={**env, **cli_env},
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+        assert status.returncode == 0, status
+        assert status.stdout.startswith("Signed in with OAuth as newcomer@example.test."), status.stdout
 
         demo.process.send_signal(signal.SIGINT)  # Ctrl-C to the demo alone: it must stop the others
         assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, demo.err.rest()
@@ -243,6 +262,27 @@ def test_demo_ctrl_c_in_the_terminal_stops_everything_and_keeps_a_given_codex_ho
     with socket.socket() as sock:  # nobody answers on the provider's port any more
         sock.settimeout(5)
         assert sock.connect_ex(("127.0.0.1", int(issuer.rsplit(":", 1)[1]))) != 0
+
+
+def test_demo_names_a_sign_in_from_another_provider_in_a_kept_codex_home(tmp_path: Path) -> None:
+    codex_home = tmp_path / "kept"
+    codex_home.mkdir()
+    earlier = '# mine\n[auth]\naccess_token = "at-earlier"\nissuer = "http://127.0.0.1:1"\n'
+    (codex_home / "config.toml").write_text(earlier)
+    port = free_port()
+    with _run_demo("--port", str(port), "--codex-home", str(codex_home), env=_demo_env(tmp_path)) as demo:
+        note = demo.out.wait_for(lambda line: line.startswith("Note:"))
+        now = demo.out.wait_for(lambda line: line.startswith("config.toml "))
+        demo.launch_url(port)
+        demo.process.send_signal(signal.SIGINT)
+        assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, demo.err.rest()
+        out = demo.out.rest()
+    assert note.startswith(
+        "Note: the config file holds a sign-in from another provider (http://127.0.0.1:1);"
+    )
+    assert now == "config.toml now: [auth] has access_token, issuer (values not shown)"
+    assert "config.toml changed" not in out and "at-earlier" not in out
+    assert (codex_home / "config.toml").read_text() == earlier
 
 
 def test_demo_exits_with_the_portals_reason_when_its_port_is_taken(tmp_path: Path) -> None:
