@@ -63,7 +63,7 @@ def test_pages_need_the_launch_session(client: TestClient) -> None:
     for path in ("/", "/logout", "/api/status"):
         response = client.get(path)
         assert response.status_code == 403, path
-        assert "link printed in the terminal" in response.text
+        assert "needs the link that codex-portal printed in the terminal" in response.text, path
 
 
 def test_launch_token_opens_a_session_once_and_leaves_the_address_bar(client: TestClient) -> None:
