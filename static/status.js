@@ -9,11 +9,9 @@
     if (d) parts.push(d + " d");
     if (h) parts.push(h + " h");
     if (m) parts.push(m + " min");
-    var text = parts.length ? parts.join(" ") : "less than a minute";
-    if (d >= 365) {
-      var years = Math.floor(d / 365);
-      text = "over " + years + " year" + (years > 1 ? "s" : "");
-    }
+    var years = Math.floor(d / 365);
+    var text = years ? "over " + years + " year" + (years > 1 ? "s" : "")
+      : parts.length ? parts.join(" ") : "less than a minute";
     return seconds > 0 ? text + " left" : "expired " + text + " ago";
   }
   function update() {

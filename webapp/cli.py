@@ -17,6 +17,7 @@ from webapp.errors import PortalError
 from webapp.settings import Settings, parse_port
 
 COMMANDS = ("serve", "login", "status", "token", "logout")
+TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 MAX_KEY_INPUT = 64 * 1024
 EPILOG = """\
 where things are read from (first found wins):
@@ -108,11 +109,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in TOP_LEVEL_FLAGS):
         args_list.insert(0, "serve")  # `codex-portal --port 1456` serves
     parser, commands = build_parser()
     try:
-        if args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        if args_list[0] not in (*COMMANDS, *TOP_LEVEL_FLAGS):
             word = args_list[0]
             named = repr(word) if re.fullmatch(r"[a-z][a-z-]{0,19}", word) else "(not repeated here)"
             parser.error(f"unknown command {named}: use one of {', '.join(COMMANDS)}")

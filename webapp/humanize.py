@@ -18,11 +18,12 @@ def format_time_left(seconds: int) -> str:
     days, rest = divmod(span, 86400)
     hours, rest = divmod(rest, 3600)
     minutes = rest // 60
-    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
-    text = " ".join(parts) if parts else "less than a minute"
     if days >= 365:
         years = days // 365
         text = f"over {years} year{'s' if years > 1 else ''}"
+    else:
+        parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+        text = " ".join(parts) if parts else "less than a minute"
     return f"{text} left" if seconds > 0 else f"expired {text} ago"
 
 
