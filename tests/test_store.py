@@ -674,6 +674,16 @@ def non_auth(text: str) -> str:
     return repr(data)  # repr: NaN equals NaN
 
 
+def take_step(store: CredentialStore, step: str) -> None:
+    """One of the property tests' steps: "api_key", "oauth" or "clear"."""
+    if step == "api_key":
+        store.save_api_key(KEY)
+    elif step == "oauth":
+        store.save_oauth(TOKENS)
+    else:
+        store.clear()
+
+
 def with_store(text: str, steps: list[str]) -> tuple[str, str]:
     """The file after each step, run on a fresh file holding text."""
     with tempfile.TemporaryDirectory() as folder:
@@ -681,12 +691,7 @@ def with_store(text: str, steps: list[str]) -> tuple[str, str]:
         store.path.write_bytes(text.encode())
         results = []
         for step in steps:
-            if step == "api_key":
-                store.save_api_key(KEY)
-            elif step == "oauth":
-                store.save_oauth(TOKENS)
-            else:
-                store.clear()
+            take_step(store, step)
             results.append(read(store))
         assert listing(Path(folder)) == ["config.toml", "config.toml.lock"]
         return results[0], results[-1]
@@ -737,12 +742,7 @@ def test_property_hand_written_auth_keeps_everything_else(original: str, steps: 
         store = CredentialStore(Path(folder) / "config.toml")
         store.path.write_bytes(original.encode())
         for step in steps:
-            if step == "api_key":
-                store.save_api_key(KEY)
-            elif step == "oauth":
-                store.save_oauth(TOKENS)
-            else:
-                store.clear()
+            take_step(store, step)
             text = read(store)
             assert non_auth(text) == non_auth(original)
             assert repr(tomllib.loads(text.removeprefix("\ufeff"))["auth"]["mine"]) == repr(unknown)
