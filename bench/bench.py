@@ -628,13 +628,13 @@ def bench_status(work: Path) -> Figure:
 
 # ---- (e) one locked atomic update --------------------------------------------------------------
 def bench_save(work: Path) -> Figure:
-    from webapp.store import CredentialStore
+    from webapp.stores import ConfigTomlStore
 
     figure = Figure("e", "locked atomic update of config.toml", "ms", target="<= 5 ms")
     figure.baseline_name = "bare atomic write of the same bytes"
     home = make_home(work, "save-home", OTHER_LINES + '\n[auth]\napi_key = "sk-bench-0000000000000000aaaa"\n')
     config = home / "config.toml"
-    store = CredentialStore(config)
+    store = ConfigTomlStore(config)
     keys = ("sk-bench-1111111111111111wxyz", "sk-bench-2222222222222222abcd")
     store.save_api_key(keys[1])  # imports tomlkit and filelock once, as a running portal has them
     cpu: list[float] = []
@@ -681,7 +681,8 @@ def bench_browser(work: Path) -> Figure:
 
     from tests.browser import launch_chromium
     from tests.idp import TestProvider
-    from webapp.store import CredentialStore
+    from webapp.settings import Settings
+    from webapp.stores import open_stores
 
     home = make_home(work, "browser-home", OTHER_LINES)
     with TestProvider(extra_env={"IDP_PORT": str(free_port())}) as idp:
@@ -717,7 +718,8 @@ def bench_browser(work: Path) -> Figure:
                             figure.samples.append((time.perf_counter() - began) * 1000)
                         finally:
                             context.close()
-                        CredentialStore(home / "config.toml").clear()
+                        with open_stores(Settings(config_path=home / "config.toml")).transaction() as tx:
+                            tx.save(None)  # signed out in both stores, nothing revoked
                 finally:
                     browser.close()
         finally:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from tests.conftest import free_port
 from tests.idp import TestProvider
-from webapp.app import Portal
+from webapp.portal import Portal
 from webapp.server import serve_portal
 from webapp.settings import Settings
 

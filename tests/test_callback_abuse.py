@@ -28,7 +28,7 @@ import httpx2
 import pytest
 
 import webapp.files
-import webapp.store
+import webapp.stores.config_toml
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, page_csrf
@@ -464,7 +464,7 @@ def writes(home: Settings, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         seen.append(path)
         original(path, text)
 
-    monkeypatch.setattr(webapp.store, "write_atomic", counting)
+    monkeypatch.setattr(webapp.stores.config_toml, "write_atomic", counting)
     return seen
 
 

@@ -36,6 +36,12 @@ def test_status_signed_out(capsys: pytest.CaptureFixture[str], codex_home: Path)
         "email": None,
         "api_key_hint": None,
         "config_path": str(codex_home / "config.toml"),
+        "codex_cli": {
+            "store": "file",
+            "path": str(codex_home / "auth.json"),
+            "signed_in": False,
+            "in_sync": True,
+        },
     }
 
 

@@ -31,8 +31,8 @@ from filelock import FileLock, Timeout
 
 from tests.conftest import free_port
 from tests.portal import PortalServer, page_csrf
+from webapp.credentials import Credentials
 from webapp.settings import Settings
-from webapp.store import OAuthTokens
 
 USER_TEXT = """\
 # Codex settings, written by hand
@@ -71,9 +71,9 @@ while line := sys.stdin.readline():
 """
 
 
-def tokens(seq: int) -> OAuthTokens:
+def tokens(seq: int) -> Credentials:
     """Growing values, so that a file cut anywhere differs from every whole one."""
-    return OAuthTokens(
+    return Credentials.oauth(
         access_token=f"at-{seq:06d}-" + "a" * (seq * 37 % 6000),
         refresh_token=f"rt-{seq:06d}-" + "r" * (seq % 300),
         expires_at=1_700_000_000 + seq,
@@ -89,11 +89,11 @@ def api_key(seq: int) -> str:
 
 def save(path: Path, seq: int) -> None:
     """Write number seq: OAuth tokens when odd, an API key when even."""
-    from webapp.store import CredentialStore
+    from webapp.stores import ConfigTomlStore
 
-    store = CredentialStore(path, lock_timeout=30)
+    store = ConfigTomlStore(path, lock_timeout=30)
     if seq % 2:
-        store.save_oauth(tokens(seq))
+        store.save(tokens(seq))
     else:
         store.save_api_key(api_key(seq))
 
@@ -241,14 +241,14 @@ def test_writers_killed_at_random_moments(zygote: Zygote, tmp_path: Path) -> Non
 STALL = r"""
 import os, sys
 from pathlib import Path
-from webapp.store import CredentialStore
+from webapp.stores import ConfigTomlStore
 
 def stall(fd):  # inside the write: the temporary file is written, not yet renamed
     os.write(1, b"inside\n")
     os.read(0, 1)  # blocks until the parent kills this process
 
 os.fsync = stall
-CredentialStore(Path(sys.argv[1])).save_api_key("sk-abandoned-in-the-temp-file-0001")
+ConfigTomlStore(Path(sys.argv[1])).save_api_key("sk-abandoned-in-the-temp-file-0001")
 """
 
 

@@ -17,10 +17,10 @@ import pytest
 
 from tests.idp import TestProvider
 from tests.portal import PortalServer, page_csrf, settings_for
+from webapp.credentials import Credentials
 from webapp.device import DeviceAuthorization, poll_device_token, start_device_flow
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
-from webapp.provider import ProviderMetadata
-from webapp.store import OAuthTokens
+from webapp.provider import Provider, ProviderMetadata
 
 META = ProviderMetadata(
     issuer="https://idp.test",
@@ -67,17 +67,19 @@ def _token_endpoint(answers: list[object]) -> httpx2.MockTransport:
     return httpx2.MockTransport(handler)
 
 
-def _poll(answers: list[object], device: DeviceAuthorization, fake: FakeTime) -> OAuthTokens:
+def _provider(transport: httpx2.MockTransport | None, metadata: ProviderMetadata = META) -> Provider:
+    """A provider whose endpoints are known (no discovery) and whose HTTP is `transport`."""
+    return Provider(metadata.issuer, timeout=1, transport=transport, metadata=metadata)
+
+
+def _poll(answers: list[object], device: DeviceAuthorization, fake: FakeTime) -> Credentials:
     return asyncio.run(
         poll_device_token(
-            META,
+            _provider(_token_endpoint(answers)),
             device,
             client_id="c",
-            issuer=META.issuer,
-            timeout=1,
             sleep=fake.sleep,
             clock=fake.clock,
-            transport=_token_endpoint(answers),
         )
     )
 
@@ -144,9 +146,7 @@ def test_missing_interval_defaults_to_five_seconds() -> None:
         "verification_uri": "https://idp.test/device",
         "expires_in": 600,
     }
-    device = asyncio.run(
-        start_device_flow(META, client_id="c", scope="openid", timeout=1, transport=_device_endpoint(body))
-    )
+    device = asyncio.run(start_device_flow(_provider(_device_endpoint(body)), client_id="c", scope="openid"))
     assert device.interval == 5 and device.verification_uri_complete is None
 
 
@@ -171,17 +171,13 @@ def test_missing_interval_defaults_to_five_seconds() -> None:
 )
 def test_bad_device_answers_are_refused(body: dict[str, object]) -> None:
     with pytest.raises(ProviderError):
-        asyncio.run(
-            start_device_flow(
-                META, client_id="c", scope="openid", timeout=1, transport=_device_endpoint(body)
-            )
-        )
+        asyncio.run(start_device_flow(_provider(_device_endpoint(body)), client_id="c", scope="openid"))
 
 
 def test_no_device_endpoint_says_why() -> None:
     meta = ProviderMetadata(issuer="https://idp.test", authorization_endpoint="a", token_endpoint="t")
     with pytest.raises(ProviderError, match="does not offer sign-in with a code"):
-        asyncio.run(start_device_flow(meta, client_id="c", scope="openid", timeout=1))
+        asyncio.run(start_device_flow(_provider(None, meta), client_id="c", scope="openid"))
 
 
 # --- The real provider -------------------------------------------------------------------------

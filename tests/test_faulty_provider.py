@@ -28,12 +28,12 @@ from tests.conftest import free_port
 from tests.faulty_idp import DEVICE_GRANT, EMAIL, MARKER, SPOOFED_EMAIL, FaultyProvider, Seen
 from tests.portal import PortalServer, page_csrf
 from webapp import cli
+from webapp.accounts import Account
+from webapp.credentials import Credentials
 from webapp.device import DeviceAuthorization, poll_device_token, start_device_flow
 from webapp.errors import DeviceFlowError, PortalError, SessionExpired
-from webapp.provider import ProviderMetadata, discover, http_client
+from webapp.provider import Provider
 from webapp.settings import Settings
-from webapp.store import CredentialStore
-from webapp.tokens import ensure_fresh
 
 TIMEOUT = 1.0  # the portal's timeout for each provider call
 REVOKE_TIMEOUT = 0.5
@@ -277,7 +277,7 @@ def test_every_flow_works_when_nothing_is_wrong(fresh: Callable[[], Rig]) -> Non
     assert _device_outcome(rig) == "success"
     assert tomllib.loads(rig.path.read_text())["auth"]["access_token"] != auth["access_token"]
 
-    creds = ensure_fresh(CredentialStore(rig.path), rig.settings, force=True)
+    creds = _fresh(rig.settings, force=True)
     assert creds.access_token in rig.fake.issued and rig.fake.grants("refresh_token") == 1
 
     out = rig.browser.post("/logout", data={"csrf_token": page_csrf(rig.browser)})
@@ -285,6 +285,12 @@ def test_every_flow_works_when_nothing_is_wrong(fresh: Callable[[], Rig]) -> Non
     assert rig.page()[1][-1] == ("success", "Signed out. The credentials were removed from the config file.")
     assert rig.path.read_text() == USER_FILE
     assert not rig.fake.refresh_token_valid(str(creds.refresh_token))
+
+
+def _fresh(settings: Settings, force: bool = False) -> Credentials:
+    """What `codex-portal token` (or, forced, the Refresh button) does."""
+    account = Account(settings)
+    return account.run(account.refresh(force=force))
 
 
 def test_the_fake_stops_cleanly_while_an_answer_hangs() -> None:
@@ -571,29 +577,24 @@ class FakeTime:
         self.on_sleep(len(self.sleeps))
 
 
-async def _device(fake: FaultyProvider) -> tuple[ProviderMetadata, DeviceAuthorization]:
-    async with http_client(TIMEOUT) as client:
-        metadata = await discover(fake.issuer, client=client)
-    device = await start_device_flow(metadata, client_id=fake.client_id, scope="openid", timeout=TIMEOUT)
-    return metadata, device
+async def _device(fake: FaultyProvider) -> tuple[Provider, DeviceAuthorization]:
+    provider = Provider(fake.issuer, timeout=TIMEOUT)
+    device = await start_device_flow(provider, client_id=fake.client_id, scope="openid")
+    return provider, device
 
 
 def _poll(fake: FaultyProvider, on_sleep: Callable[[int], None] = lambda n: None) -> tuple[object, FakeTime]:
     async def run() -> tuple[object, FakeTime]:
-        metadata, device = await _device(fake)
+        provider, device = await _device(fake)
         time_ = FakeTime(device.started, on_sleep)
         try:
             result: object = await poll_device_token(
-                metadata,
-                device,
-                client_id=fake.client_id,
-                issuer=fake.issuer,
-                timeout=TIMEOUT,
-                sleep=time_.sleep,
-                clock=time_.clock,
+                provider, device, client_id=fake.client_id, sleep=time_.sleep, clock=time_.clock
             )
         except PortalError as exc:
             result = exc
+        finally:
+            await provider.aclose()
         return result, time_
 
     return asyncio.run(run())
@@ -699,7 +700,7 @@ def test_refresh_survives_a_broken_provider(offline: Offline, endpoint: str, mod
     offline.fake.fail(endpoint, mode)
     began = time.monotonic()
     with pytest.raises(PortalError) as caught:
-        ensure_fresh(CredentialStore(offline.path), offline.settings)
+        _fresh(offline.settings)
     took = time.monotonic() - began
     assert took < BOUND, f"the refresh took {took:.2f} s"
     assert not isinstance(caught.value, SessionExpired)  # the saved tokens stay usable later
@@ -714,7 +715,7 @@ def test_a_refused_refresh_forgets_the_refresh_token_once(offline: Offline) -> N
     before = tomllib.loads(offline.path.read_text())
     offline.fake.fail("token", "invalid_grant")
     with pytest.raises(SessionExpired) as caught:
-        ensure_fresh(CredentialStore(offline.path), offline.settings)
+        _fresh(offline.settings)
     assert caught.value.message == "session expired, sign in again"
     after = tomllib.loads(offline.path.read_text())
     assert "refresh_token" not in after["auth"]
@@ -722,7 +723,7 @@ def test_a_refused_refresh_forgets_the_refresh_token_once(offline: Offline) -> N
     assert after == before and offline.path.read_text().startswith(USER_FILE)
     polls = len(offline.fake.requests("token"))
     with pytest.raises(SessionExpired):  # no loop: the dead token is not tried again
-        ensure_fresh(CredentialStore(offline.path), offline.settings)
+        _fresh(offline.settings)
     assert len(offline.fake.requests("token")) == polls
 
 
@@ -751,8 +752,8 @@ def test_refresh_does_not_save_an_unverified_id_token(offline: Offline) -> None:
     offline.fake.id_token_on_refresh = True
     offline.fake.refresh_id_token_fault = "spoofed_email"
     with contextlib.suppress(PortalError):
-        ensure_fresh(CredentialStore(offline.path), offline.settings)
-    creds = CredentialStore(offline.path).load()
+        _fresh(offline.settings)
+    creds = Account(offline.settings).load()
     assert creds is not None and creds.email == EMAIL, creds.email if creds else None
 
 

@@ -115,7 +115,9 @@ def snapshot(folder: Path) -> dict[str, object]:
 
 
 def without_lock(entries: dict[str, object]) -> dict[str, object]:
-    return {name: value for name, value in entries.items() if not name.endswith("config.toml.lock")}
+    """Lock files may be created (empty, 0600): config.toml's and the Codex CLI's auth.lock."""
+    locks = ("config.toml.lock", "auth.lock")
+    return {name: value for name, value in entries.items() if not name.endswith(locks)}
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -252,7 +254,8 @@ def _immutable_file(config: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _immutable_folder(config: Path) -> Iterator[None]:
     config.write_text(ORIGINAL)
-    config.with_name("config.toml.lock").touch(mode=0o600)  # left by an earlier run
+    for lock in ("config.toml.lock", "auth.lock"):
+        config.with_name(lock).touch(mode=0o600)  # left by an earlier run
     with immutable(config.parent):
         yield
 
@@ -319,9 +322,13 @@ def test_cli_refuses_bad_key_and_changes_nothing(home: Path, raw: str) -> None:
 def test_cli_saves_a_valid_key(home: Path, raw: str) -> None:
     result = run_cli(home, raw.encode())
     assert result.returncode == 0 and result.stdout == ""
-    assert result.stderr == f"Saved API key sk-…WXYZ to {home / 'config.toml'}.\n"
+    saved_to = f"{home / 'config.toml'} and {home / 'auth.json'}"
+    assert result.stderr == f"Saved API key sk-…WXYZ to {saved_to}.\n"
     assert (home / "config.toml").read_text() == SAVED
-    assert sorted(p.name for p in home.iterdir()) == ["config.toml", "config.toml.lock"]
+    codex = json.loads((home / "auth.json").read_text())
+    assert codex == {"auth_mode": "apikey", "OPENAI_API_KEY": VALID_KEY}
+    names = ["auth.json", "auth.lock", "codex-portal-sync.json", "config.toml", "config.toml.lock"]
+    assert sorted(p.name for p in home.iterdir()) == names
 
 
 def test_cli_key_that_is_not_utf8_is_refused_in_one_line(home: Path) -> None:
@@ -347,6 +354,7 @@ def web_config(settings: Settings) -> Path:
 def test_web_refuses_bad_key_and_changes_nothing(
     browser_client: TestClient, web_config: Path, raw: str
 ) -> None:
+    browser_client.get("/")  # the first look copies the saved key to auth.json (the stores in step)
     before = snapshot(web_config.parent)
     status, page = post_key(browser_client, raw)
     assert_no_key_echo(page)
@@ -395,6 +403,7 @@ def test_web_file_fault_shows_the_error_without_traceback(
     config = settings.config_path
     config.parent.mkdir()
     with fault.arrange(config):
+        browser_client.get("/")  # the first look brings auth.json in step where it can be written
         before = without_lock(snapshot(tmp_path))
         status, page = post_key(browser_client, VALID_KEY)
         status_page = browser_client.get("/")
@@ -503,9 +512,9 @@ def test_cli_read_only_folder_0500(home: Path, lock_exists: bool) -> None:
     finally:
         home.chmod(0o700)
     line = assert_one_line_error(result)
-    named = home / "config.toml" if lock_exists else home / "config.toml.lock"
-    verb = "write" if lock_exists else "lock"
-    assert line == f"Error: cannot {verb} {named}: permission denied"
+    # With config.toml.lock in place, the next lock to take is the Codex CLI's auth.lock.
+    named = home / "auth.lock" if lock_exists else home / "config.toml.lock"
+    assert line == f"Error: cannot lock {named}: permission denied"
     assert after == before
 
 

@@ -50,7 +50,7 @@ from tests.browser import LOOPBACK_ONLY, launch_chromium
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, settings_for, signed_in_portal
-from webapp.app import Portal
+from webapp.portal import Portal
 from webapp.settings import Settings
 
 REBIND = "rebind.test"

@@ -17,9 +17,9 @@ import tomlkit
 
 from tests.idp import TestProvider
 from tests.portal import page_csrf, settings_for, signed_in_portal
+from webapp.accounts import Account
 from webapp.settings import Settings
-from webapp.store import CredentialStore
-from webapp.tokens import ensure_fresh
+from webapp.stores import ConfigTomlStore
 
 CALLERS = 8
 
@@ -44,7 +44,7 @@ def _auth(settings: Settings) -> dict[str, object]:
 
 def _expire(settings: Settings) -> None:
     """Make the saved access token look expired, as an external writer honouring the lock would."""
-    with CredentialStore(settings.config_path).transaction():
+    with ConfigTomlStore(settings.config_path).transaction():
         doc = tomlkit.parse(settings.config_path.read_text())
         doc["auth"]["expires_at"] = 1_000_000
         settings.config_path.write_text(tomlkit.dumps(doc))
@@ -121,10 +121,10 @@ def test_threads_in_one_process_refresh_once(
 ) -> None:
     _expire(settings)
     before = _refreshes(idp)
-    store = CredentialStore(settings.config_path)
+    account = Account(settings)  # one object shared by the threads, as the portal shares its own
     seen: list[str | None] = []
     threads = [
-        threading.Thread(target=lambda: seen.append(ensure_fresh(store, settings).access_token))
+        threading.Thread(target=lambda: seen.append(account.run(account.refresh()).access_token))
         for _ in range(CALLERS)
     ]
     for thread in threads:
@@ -200,7 +200,7 @@ def test_revoked_refresh_token_says_sign_in_again(
 def test_unreachable_provider_keeps_the_tokens(
     idp: TestProvider, browser: httpx2.Client, settings: Settings
 ) -> None:
-    with CredentialStore(settings.config_path).transaction():
+    with ConfigTomlStore(settings.config_path).transaction():
         doc = tomlkit.parse(settings.config_path.read_text())
         doc["auth"]["issuer"] = "http://127.0.0.1:9"
         doc["auth"]["expires_at"] = 1_000_000

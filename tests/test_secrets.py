@@ -48,7 +48,7 @@ from tests.idp import TestProvider
 from tests.portal import PortalServer, settings_for
 from webapp.oauth import PendingLogin
 from webapp.settings import Settings
-from webapp.store import CredentialStore
+from webapp.stores import ConfigTomlStore
 
 PIECE = 16  # any run of this many characters of a secret counts as a leak
 USER_FILE = '# mine\nmodel = "o3"\n'
@@ -233,7 +233,7 @@ def cli(home: Path, idp: TestProvider, *args: str, stdin: str = "") -> subproces
 
 def expire(config: Path) -> None:
     """Make the saved access token look expired, as another tool honouring the lock would."""
-    with CredentialStore(config).transaction():
+    with ConfigTomlStore(config).transaction():
         doc = tomlkit.parse(config.read_text())
         doc["auth"]["expires_at"] = 1_000_000
         config.write_text(tomlkit.dumps(doc))
@@ -313,7 +313,7 @@ def test_no_secret_reaches_a_log_a_page_or_a_url(
             done = browser.go("GET", callback)
             assert "Signed in as alice@example.test" in done.text
             signed_in = found.add_file("sign-in", config)
-            reprs.append(repr(CredentialStore(config).load()))
+            reprs.append(repr(ConfigTomlStore(config).load()))
 
             # Refresh, forced from the page.
             seen = re.search(r'name="seen" value="([^"]*)"', browser.go("GET", "/").text)

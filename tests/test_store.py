@@ -19,8 +19,9 @@ from filelock import FileLock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from webapp.credentials import API_KEY_MAX, Credentials, validate_api_key
 from webapp.errors import ConfigError, PortalError
-from webapp.store import API_KEY_MAX, Credentials, CredentialStore, OAuthTokens, validate_api_key
+from webapp.stores import ConfigTomlStore
 
 KEY = "sk-proj-0123456789abcdefghijWXYZ"
 OTHER_KEY = "sk-other-9876543210zyxwvuts-abcd"
@@ -33,7 +34,7 @@ def jwt(claims: object) -> str:
     return f"{part({'alg': 'RS256'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
-TOKENS = OAuthTokens(
+TOKENS = Credentials.oauth(
     access_token="at-secret-value",
     refresh_token="rt-secret-value",
     expires_at=1795566585,
@@ -41,8 +42,7 @@ TOKENS = OAuthTokens(
     issuer="https://auth.example.com",
     client_id="app_test",
 )
-OAUTH = Credentials(
-    method="oauth",
+OAUTH = Credentials.oauth(
     access_token="at-secret-value",
     refresh_token="rt-secret-value",
     expires_at=1795566585,
@@ -73,14 +73,14 @@ args = ["--port", 1234]
 """
 
 
-def make_store(tmp_path: Path, text: str | None = None) -> CredentialStore:
+def make_store(tmp_path: Path, text: str | None = None) -> ConfigTomlStore:
     path = tmp_path / "config.toml"
     if text is not None:
         path.write_bytes(text.encode())
-    return CredentialStore(path, lock_timeout=5)
+    return ConfigTomlStore(path, lock_timeout=5)
 
 
-def read(store: CredentialStore) -> str:
+def read(store: ConfigTomlStore) -> str:
     return store.path.read_bytes().decode()
 
 
@@ -116,7 +116,7 @@ def test_load_forms(tmp_path: Path, text: str, expected: Credentials | None) -> 
 
 
 def test_load_missing_file_and_folder(tmp_path: Path) -> None:
-    assert CredentialStore(tmp_path / "nope" / "config.toml").load() is None
+    assert ConfigTomlStore(tmp_path / "nope" / "config.toml").load() is None
     assert not (tmp_path / "nope").exists()
 
 
@@ -179,8 +179,8 @@ def test_load_is_cached_on_file_identity(tmp_path: Path) -> None:
 def test_load_imports_neither_tomlkit_nor_filelock(tmp_path: Path) -> None:
     path = make_store(tmp_path, KEY_BLOCK).path
     code = (
-        "import sys; from pathlib import Path; from webapp.store import CredentialStore; "
-        f"assert CredentialStore(Path({str(path)!r})).load() is not None; "
+        "import sys; from pathlib import Path; from webapp.stores import ConfigTomlStore; "
+        f"assert ConfigTomlStore(Path({str(path)!r})).load() is not None; "
         "print(sorted({'tomlkit', 'filelock', 'fastapi', 'starlette'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -191,7 +191,7 @@ def test_load_imports_neither_tomlkit_nor_filelock(tmp_path: Path) -> None:
 
 
 def test_save_api_key_to_new_file_in_new_folders(tmp_path: Path) -> None:
-    store = CredentialStore(tmp_path / "a" / "b" / "config.toml")
+    store = ConfigTomlStore(tmp_path / "a" / "b" / "config.toml")
     assert store.save_api_key(f"  {KEY}\n") is None
     assert read(store) == KEY_BLOCK
     assert store.load() == Credentials(method="api_key", api_key=KEY)
@@ -204,13 +204,13 @@ def test_save_api_key_to_new_file_in_new_folders(tmp_path: Path) -> None:
 
 def test_save_oauth_round_trip_and_method_switch(tmp_path: Path) -> None:
     store = make_store(tmp_path, USER_TEXT)
-    assert store.save_oauth(TOKENS) is None
+    assert store.save(TOKENS) is None
     assert read(store) == USER_TEXT + "\n" + OAUTH_BLOCK
     oauth = store.load()
     assert oauth == OAUTH and oauth.email == "ada@example.com"
     assert store.save_api_key(KEY) == oauth
     assert read(store) == USER_TEXT + "\n" + KEY_BLOCK
-    assert store.save_oauth(TOKENS) == Credentials(method="api_key", api_key=KEY)
+    assert store.save(TOKENS) == Credentials(method="api_key", api_key=KEY)
     assert read(store) == USER_TEXT + "\n" + OAUTH_BLOCK
     assert store.clear() == oauth
     assert read(store) == USER_TEXT
@@ -219,8 +219,15 @@ def test_save_oauth_round_trip_and_method_switch(tmp_path: Path) -> None:
 
 def test_save_oauth_leaves_out_missing_values(tmp_path: Path) -> None:
     store = make_store(tmp_path, OAUTH_BLOCK + "note = 1\n")
-    tokens = OAuthTokens("at2", None, None, None, "https://auth.example.com", "app_test")
-    store.save_oauth(tokens)
+    tokens = Credentials.oauth(
+        access_token="at2",
+        refresh_token=None,
+        expires_at=None,
+        id_token=None,
+        issuer="https://auth.example.com",
+        client_id="app_test",
+    )
+    store.save(tokens)
     assert read(store) == '[auth]\naccess_token = "at2"\nissuer = "https://auth.example.com"\n' + (
         'client_id = "app_test"\nnote = 1\n'
     )
@@ -232,7 +239,7 @@ def test_user_text_around_auth_is_byte_identical(tmp_path: Path) -> None:
     store = make_store(
         tmp_path, head + "[auth] # mine\n# the login\napi_key = 'sk-old'\nkeep = true\n" + tail
     )
-    store.save_oauth(TOKENS)
+    store.save(TOKENS)
     body = OAUTH_BLOCK.removeprefix("[auth]\n")
     assert read(store) == head + "[auth] # mine\n# the login\nkeep = true\n" + body + tail
     store.save_api_key(KEY)
@@ -245,7 +252,7 @@ def test_lines_tomlkit_would_rewrite_stay_byte_identical(tmp_path: Path) -> None
     # tomlkit 0.15.2 drops the space in `[1979-05-27 ]` and `{ d = 1979-05-27 }` on any dump.
     text = 'dates = [1979-05-27 ]\nwhen = { d = 1979-05-27 }\n\n[auth]\napi_key = "sk-old"\n'
     store = make_store(tmp_path, text)
-    store.save_oauth(TOKENS)
+    store.save(TOKENS)
     assert read(store) == text.replace('api_key = "sk-old"\n', OAUTH_BLOCK.removeprefix("[auth]\n"))
     store.clear()
     assert read(store) == "dates = [1979-05-27 ]\nwhen = { d = 1979-05-27 }\n"
@@ -320,9 +327,9 @@ def test_clear_drops_auth_and_keeps_comments(tmp_path: Path, text: str, cleared:
 
 
 def test_clear_without_file_creates_nothing(tmp_path: Path) -> None:
-    assert CredentialStore(tmp_path / "codex" / "config.toml").clear() is None
+    assert ConfigTomlStore(tmp_path / "codex" / "config.toml").clear() is None
     assert listing(tmp_path) == []
-    store = CredentialStore(tmp_path / "config.toml")
+    store = ConfigTomlStore(tmp_path / "config.toml")
     assert store.clear() is None
     assert not store.path.exists()
 
@@ -337,7 +344,7 @@ def test_unchanged_text_is_not_rewritten(tmp_path: Path) -> None:
 def test_bom_and_crlf_are_kept(tmp_path: Path) -> None:
     original = "\ufeff" + USER_TEXT.replace("\n", "\r\n")
     store = make_store(tmp_path, original)
-    store.save_oauth(TOKENS)
+    store.save(TOKENS)
     assert read(store) == original + "\r\n" + OAUTH_BLOCK.replace("\n", "\r\n")
     store.save_api_key(KEY)
     assert read(store) == original + "\r\n" + KEY_BLOCK.replace("\n", "\r\n")
@@ -370,7 +377,7 @@ def test_symlink_stays_a_symlink(tmp_path: Path) -> None:
     target.write_text(USER_TEXT)
     link = tmp_path / "home" / "config.toml"
     link.symlink_to(target)
-    store = CredentialStore(link)
+    store = ConfigTomlStore(link)
     store.save_api_key(KEY)
     assert link.is_symlink() and link.resolve() == target
     assert target.read_text() == USER_TEXT + "\n" + KEY_BLOCK
@@ -397,7 +404,7 @@ def test_corrupt_file_is_never_overwritten(tmp_path: Path, text: str, line: int)
     for action in (
         store.load,
         lambda: store.save_api_key(KEY),
-        lambda: store.save_oauth(TOKENS),
+        lambda: store.save(TOKENS),
         store.clear,
     ):
         with pytest.raises(ConfigError) as info:
@@ -453,7 +460,7 @@ def test_write_failure_leaves_original(
 
 
 def test_lock_timeout(tmp_path: Path) -> None:
-    store = CredentialStore(tmp_path / "config.toml", lock_timeout=0.1)
+    store = ConfigTomlStore(tmp_path / "config.toml", lock_timeout=0.1)
     with FileLock(str(store.lock_path)):
         with pytest.raises(ConfigError, match="is locked by another process"):
             store.save_api_key(KEY)
@@ -528,7 +535,10 @@ def test_api_key_hint(key: str | None, hint: str | None) -> None:
     ],
 )
 def test_email(id_token: str | None, email: str | None) -> None:
-    assert Credentials(method="oauth", access_token="at", id_token=id_token).email == email
+    creds = Credentials.oauth(
+        access_token="at", refresh_token=None, expires_at=None, id_token=id_token, issuer=None, client_id=None
+    )
+    assert creds.email == email
 
 
 def test_expired() -> None:
@@ -557,23 +567,23 @@ def test_transaction_reads_fresh_and_sees_its_own_writes(tmp_path: Path) -> None
     store = make_store(tmp_path, KEY_BLOCK)
     with store.transaction() as tx:
         assert tx.credentials == Credentials(method="api_key", api_key=KEY)
-        tx.save_oauth(TOKENS)
+        tx.save(TOKENS)
         assert tx.credentials is not None and tx.credentials.method == "oauth"
-        tx.clear()
+        tx.save(None)
         assert tx.credentials is None
     assert read(store) == ""
 
 
 def increment(path: str, times: int) -> None:
     """Runs in another process: read-modify-write an unknown key, sometimes through the store too."""
-    store = CredentialStore(Path(path))
+    store = ConfigTomlStore(Path(path))
     for n in range(times):
         with store.transaction() as tx:
             doc = tomlkit.parse(Path(path).read_text())
             doc["auth"]["counter"] = int(doc["auth"]["counter"]) + 1
             Path(path).write_text(tomlkit.dumps(doc))
             if n % 10 == 0:
-                tx.save_api_key(f"sk-process-{os.getpid()}-{n:04d}-abcdef")
+                tx.save(Credentials.key(f"sk-process-{os.getpid()}-{n:04d}-abcdef"))
 
 
 def test_concurrent_transactions_lose_no_update(tmp_path: Path) -> None:
@@ -674,12 +684,12 @@ def non_auth(text: str) -> str:
     return repr(data)  # repr: NaN equals NaN
 
 
-def take_step(store: CredentialStore, step: str) -> None:
+def take_step(store: ConfigTomlStore, step: str) -> None:
     """One of the property tests' steps: "api_key", "oauth" or "clear"."""
     if step == "api_key":
         store.save_api_key(KEY)
     elif step == "oauth":
-        store.save_oauth(TOKENS)
+        store.save(TOKENS)
     else:
         store.clear()
 
@@ -687,7 +697,7 @@ def take_step(store: CredentialStore, step: str) -> None:
 def with_store(text: str, steps: list[str]) -> tuple[str, str]:
     """The file after each step, run on a fresh file holding text."""
     with tempfile.TemporaryDirectory() as folder:
-        store = CredentialStore(Path(folder) / "config.toml")
+        store = ConfigTomlStore(Path(folder) / "config.toml")
         store.path.write_bytes(text.encode())
         results = []
         for step in steps:
@@ -739,7 +749,7 @@ def test_property_oauth_then_key_then_clear_restores_bytes(original: str) -> Non
 def test_property_hand_written_auth_keeps_everything_else(original: str, steps: list[str]) -> None:
     unknown = tomllib.loads(original.removeprefix("\ufeff"))["auth"]["mine"]
     with tempfile.TemporaryDirectory() as folder:
-        store = CredentialStore(Path(folder) / "config.toml")
+        store = ConfigTomlStore(Path(folder) / "config.toml")
         store.path.write_bytes(original.encode())
         for step in steps:
             take_step(store, step)

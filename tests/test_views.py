@@ -65,6 +65,12 @@ def test_status_api(browser_client: TestClient, config_path: Path) -> None:
         "email": None,
         "api_key_hint": None,
         "config_path": str(config_path),
+        "codex_cli": {
+            "store": "file",
+            "path": str(config_path.parent / "auth.json"),
+            "signed_in": False,
+            "in_sync": True,
+        },
     }
 
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from webapp.accounts import get_access_token
     from webapp.server import ServerOptions, run_login_server
-    from webapp.tokens import get_access_token
 
 __all__ = ["ServerOptions", "__version__", "get_access_token", "run_login_server"]
 
@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(server, name)
     if name == "get_access_token":
-        from webapp import tokens
+        from webapp import accounts
 
-        return tokens.get_access_token
+        return accounts.get_access_token
     raise AttributeError(f"module 'webapp' has no attribute {name!r}")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,14 +13,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webapp.device import DeviceAuthorization
+from webapp.accounts import Account
+from webapp.credentials import Credentials
 from webapp.errors import PortalError
 from webapp.humanize import format_iso, format_time_left, format_utc
-from webapp.oauth import PendingLogins
-from webapp.provider import ProviderMetadata, discover, http_client
+from webapp.portal import Portal
 from webapp.security import MAX_BODY, SecurityMiddleware, Sessions
 from webapp.settings import Settings
-from webapp.store import Credentials, CredentialStore
+from webapp.views import router
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -31,32 +29,6 @@ def _asset_dir(name: str) -> Path:
     """templates/ and static/ sit inside the installed package, or beside it in a checkout."""
     inside = PACKAGE / name
     return inside if inside.is_dir() else PACKAGE.parent / name
-
-
-@dataclass
-class DeviceLogin:
-    """The one pending sign-in with a code, polled by a background task."""
-
-    device: DeviceAuthorization
-    task: asyncio.Task[None] | None = None
-    outcome: tuple[str, str] | None = None  # (kind, message) once it has ended
-
-
-@dataclass
-class Portal:
-    settings: Settings
-    store: CredentialStore
-    sessions: Sessions
-    logins: PendingLogins = field(default_factory=PendingLogins)
-    results: dict[str, tuple[str, str]] = field(default_factory=dict)  # one-time callback results
-    on_login: Callable[[Credentials | None, str], None] | None = None
-    form_action_origins: set[str] = field(default_factory=set)
-    metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
-    device: DeviceLogin | None = None
-
-    def note_provider_origin(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.form_action_origins.add(f"{parts.scheme}://{parts.netloc}")
 
 
 templates = Jinja2Templates(directory=str(_asset_dir("templates")))
@@ -72,11 +44,9 @@ def create_app(
     launch_token: str,
     on_login: Callable[[Credentials | None, str], None] | None = None,
 ) -> FastAPI:
-    from webapp.views import router
-
     portal = Portal(
         settings=settings,
-        store=CredentialStore(settings.config_path),
+        account=Account(settings),
         sessions=Sessions(launch_token),
         on_login=on_login,
     )
@@ -89,6 +59,7 @@ def create_app(
         task.cancel()
         if portal.device is not None and portal.device.task is not None:
             portal.device.task.cancel()
+        await portal.account.providers.aclose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -111,11 +82,8 @@ def create_app(
 async def _warm_discovery(portal: Portal) -> None:
     """Learn the authorization endpoint's origin early, so the page's CSP form-action allows it."""
     try:
-        # httpx2's import and its TLS context (~60 ms of CPU) are built in a worker thread: on the
-        # event loop they held up the first page by that much.
-        async with await asyncio.to_thread(http_client, portal.settings.timeout) as client:
-            portal.metadata = await discover(portal.settings.issuer, client=client)
-        portal.note_provider_origin(portal.metadata.authorization_endpoint)
+        await portal.account.provider.prepare()
+        await portal.discover()
     except PortalError:
         pass  # reported when the person signs in
 

@@ -6,12 +6,18 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webapp.stores.sync import CodexView
 
 # Variables the Codex CLI (or the OpenAI SDK under it) may prefer over the config file.
 PREFERRED_ENV = ("OPENAI_API_KEY", "CODEX_API_KEY")
 
 
-def config_warnings(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
+def config_warnings(
+    path: Path, environ: Mapping[str, str] | None = None, *, codex: CodexView | None = None
+) -> list[str]:
     """Plain-language warnings; never a secret (variables are named, their values never shown)."""
     env = os.environ if environ is None else environ
     warnings = [
@@ -20,17 +26,33 @@ def config_warnings(path: Path, environ: Mapping[str, str] | None = None) -> lis
         for name in PREFERRED_ENV
         if env.get(name)
     ]
+    auth_json = path.parent / "auth.json"
+    if codex is not None and codex.store in ("keyring", "auto", "ephemeral") and auth_json.exists():
+        warnings.append(
+            f"{auth_json} is a plaintext copy of a login that the Codex CLI no longer reads "
+            f'(cli_auth_credentials_store = "{codex.store}"); codex-portal leaves it alone. Remove it if '
+            "you do not need it."
+        )
+    if codex is not None and codex.store == "file":
+        warnings.extend(_mode_warning(auth_json))
     try:
         if path.is_symlink():
             warnings.append(
                 f"{path} is a symlink to {os.path.realpath(path)}; saves update that file and keep the link."
             )
-        mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return warnings
-    if mode & 0o077:
-        warnings.append(
-            f"{path} can be read by other users of this machine (mode {mode:04o}). "
-            f"The next save makes it 0600; or run: chmod 600 {path}"
-        )
-    return warnings
+    return warnings + _mode_warning(path)
+
+
+def _mode_warning(path: Path) -> list[str]:
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return []
+    if not mode & 0o077:
+        return []
+    return [
+        f"{path} can be read by other users of this machine (mode {mode:04o}). "
+        f"The next save makes it 0600; or run: chmod 600 {path}"
+    ]

@@ -57,10 +57,20 @@ def _unexpected(extra: list[str], command: str) -> str:
 
 def _provider_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     """A command that talks to the provider: the provider flags, and where settings come from."""
+    parser = _command(sub, name, help)
+    _provider_flags(parser)
+    return parser
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    _provider_flags(parser)
+    parser.add_argument(
+        "--no-codex-sync",
+        action="store_true",
+        help="leave the Codex CLI's auth.json alone (also CODEX_PORTAL_CODEX_SYNC=0)",
+    )
     return parser
 
 
@@ -100,10 +110,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
     how = login.add_mutually_exclusive_group()
     how.add_argument("--device", action="store_true", help="sign in with a code entered on another device")
     how.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
-    status = sub.add_parser("status", help="show the login; exit 0 when signed in, 1 when not")
+    status = _command(sub, "status", "show the login; exit 0 when signed in, 1 when not")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    sub.add_parser("token", help="print a valid access token (or the API key), refreshing it first if needed")
-    sub.add_parser("logout", help="revoke (best effort) and remove the credentials")
+    _command(sub, "token", "print a valid access token (or the API key), refreshing it first if needed")
+    _command(sub, "logout", "revoke (best effort) and remove the credentials")
     return parser, sub.choices
 
 
@@ -144,6 +154,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
     if getattr(args, "no_browser", False):
         settings = settings.with_overrides(open_browser=False)
+    if getattr(args, "no_codex_sync", False):
+        settings = settings.with_overrides(codex_sync=False)
     hosts = getattr(args, "host", None)
     if hosts:
         settings = _bind(settings, hosts, allow_remote=args.allow_remote)
@@ -181,6 +193,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
         scope=settings.scope,
         codex_home=settings.config_path.parent,
         open_browser=settings.open_browser,
+        codex_sync=settings.codex_sync,
     )
 
     def show(url: str) -> None:
@@ -191,40 +204,44 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
 
     creds = asyncio.run(run_login_server(options, on_url=show))
     who = f" as {creds.email}" if creds.email else ""
-    print(f"Signed in{who}. Saved to {settings.config_path}.", file=sys.stderr)
+    print(f"Signed in{who}. Saved to {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 
 async def _login_device(settings: Settings) -> int:
+    from webapp.accounts import Account
     from webapp.device import complete_device_login, start_device_flow
-    from webapp.provider import discover, http_client
-    from webapp.store import CredentialStore
 
-    async with http_client(settings.timeout) as client:
-        metadata = await discover(settings.issuer, client=client)
-    device = await start_device_flow(
-        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
-    )
-    minutes = max(1, device.expires_in // 60)
-    print(
-        f"On any device, open {device.verification_uri} and enter this code (valid {minutes} min):",
-        file=sys.stderr,
-    )
-    print(device.user_code, flush=True)
-    if device.verification_uri_complete:
-        print(f"Or open {device.verification_uri_complete}", file=sys.stderr)
-    print("Waiting...", file=sys.stderr, flush=True)
-    result = await complete_device_login(
-        metadata, device, settings=settings, store=CredentialStore(settings.config_path)
-    )
-    who = f" as {result.email}" if result.email else ""
-    print(f"Signed in{who}. Saved to {settings.config_path}.", file=sys.stderr)
+    account = Account(settings)
+    try:
+        device = await start_device_flow(account.provider, client_id=settings.client_id, scope=settings.scope)
+        minutes = max(1, device.expires_in // 60)
+        print(
+            f"On any device, open {device.verification_uri} and enter this code (valid {minutes} min):",
+            file=sys.stderr,
+        )
+        print(device.user_code, flush=True)
+        if device.verification_uri_complete:
+            print(f"Or open {device.verification_uri_complete}", file=sys.stderr)
+        print("Waiting...", file=sys.stderr, flush=True)
+        creds = await complete_device_login(account.provider, device, client_id=settings.client_id)
+        await account.sign_in(creds)
+    finally:
+        await account.providers.aclose()
+    who = f" as {creds.email}" if creds.email else ""
+    print(f"Signed in{who}. Saved to {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 
+def _saved_to(settings: Settings) -> str:
+    if settings.codex_sync:
+        return f"{settings.config_path} and {settings.codex_home / 'auth.json'}"
+    return str(settings.config_path)
+
+
 def _login_api_key(settings: Settings) -> int:
-    from webapp.store import CredentialStore, validate_api_key
-    from webapp.tokens import save_api_key
+    from webapp.accounts import Account
+    from webapp.credentials import validate_api_key
 
     if sys.stdin.isatty():
         import getpass
@@ -239,20 +256,18 @@ def _login_api_key(settings: Settings) -> int:
         except UnicodeDecodeError:
             raise PortalError("the API key is not UTF-8 text") from None
     key = validate_api_key(raw)
-    store = CredentialStore(settings.config_path)
-    import asyncio
-
-    asyncio.run(save_api_key(store, key, settings))
-    creds = store.load()
-    print(f"Saved API key {creds.api_key_hint if creds else ''} to {settings.config_path}.", file=sys.stderr)
+    account = Account(settings)
+    creds = account.run(account.save_key(key))
+    print(f"Saved API key {creds.api_key_hint} to {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from webapp.store import CredentialStore, status_report
+    from webapp.credentials import status_report
+    from webapp.stores import open_stores
 
-    creds = CredentialStore(settings.config_path).load()
-    report = status_report(creds, config_path=str(settings.config_path))
+    creds, codex = open_stores(settings).view()
+    report = status_report(creds, config_path=str(settings.config_path), codex_cli=codex.report())
     code = 0 if report["signed_in"] else 1
     if args.json:
         import json
@@ -261,45 +276,43 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         return code
     if creds is None:
         print(f"Not signed in. (config: {settings.config_path})")
-        return code
-    who = f" as {creds.email}" if creds.email else ""
-    if creds.method == "api_key":
-        print(f"Signed in with an API key {creds.api_key_hint}.")
-    elif not report["signed_in"]:
-        print(f"Session expired{who}, and it cannot be refreshed: sign in again.")
     else:
-        print(f"Signed in with OAuth{who}.")
-    if creds.expires_at is not None:
-        from webapp.humanize import format_time_left, format_utc
+        who = f" as {creds.email}" if creds.email else ""
+        if creds.method == "api_key":
+            print(f"Signed in with an API key {creds.api_key_hint}.")
+        elif not report["signed_in"]:
+            print(f"Session expired{who}, and it cannot be refreshed: sign in again.")
+        else:
+            print(f"Signed in with OAuth{who}.")
+        if creds.expires_at is not None:
+            from webapp.humanize import format_time_left, format_utc
 
-        left = format_time_left(creds.expires_at - int(time.time()))
-        print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
-    print(f"  config: {settings.config_path}")
+            left = format_time_left(creds.expires_at - int(time.time()))
+            print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
+        print(f"  config: {settings.config_path}")
+    print(f"  Codex CLI: {codex.summary()}")
     return code
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    from webapp.store import CredentialStore
-    from webapp.tokens import ensure_fresh
+    from webapp.accounts import Account
 
-    creds = ensure_fresh(CredentialStore(settings.config_path), settings)
-    print(creds.access_token if creds.method == "oauth" else creds.api_key, flush=True)
+    account = Account(settings)
+    print(account.run(account.token()), flush=True)
     return 0
 
 
 def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
+    from webapp.accounts import Account
 
-    from webapp.store import CredentialStore
-    from webapp.tokens import sign_out
-
-    result = asyncio.run(sign_out(CredentialStore(settings.config_path), settings))
+    account = Account(settings)
+    result = account.run(account.sign_out())
     if result.previous is None:
         print("Not signed in; nothing to do.", file=sys.stderr)
     elif result.revoked is False:
         print("Signed out. The provider could not be reached to revoke the refresh token.", file=sys.stderr)
     else:
-        print(f"Signed out; removed the credentials from {settings.config_path}.", file=sys.stderr)
+        print(f"Signed out; removed the credentials from {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 

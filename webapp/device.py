@@ -11,26 +11,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from webapp.credentials import Credentials
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
-from webapp.oauth import LoginResult, identify, request_token, token_client, tokens_from_response
-from webapp.provider import (
-    ProviderMetadata,
-    check_url,
-    clean_text,
-    deadline,
-    describe_http_error,
-    http_client,
-    parse_json_object,
-)
-from webapp.store import OAuthTokens
-
-if TYPE_CHECKING:
-    import httpx2
-
-    from webapp.settings import Settings
-    from webapp.store import CredentialStore
+from webapp.oauth import credentials_from_token, identify
+from webapp.provider import Provider, check_url, clean_text, parse_json_object, raise_oauth_error
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5.0
@@ -56,30 +42,19 @@ class DeviceAuthorization:
         return max(0, int(self.started + self.expires_in - (time.monotonic() if now is None else now)))
 
 
-async def start_device_flow(
-    metadata: ProviderMetadata, *, client_id: str, scope: str, timeout: float, transport: Any = None
-) -> DeviceAuthorization:
+async def start_device_flow(provider: Provider, *, client_id: str, scope: str) -> DeviceAuthorization:
     """RFC 8628 section 3.1-3.2: ask for a device code and a user code."""
-    import httpx2
-
+    metadata = await provider.metadata()
     if not metadata.device_authorization_endpoint:
         raise ProviderError(f"{metadata.issuer} does not offer sign-in with a code (no device endpoint)")
-    async with _client(timeout, transport) as client:
-        try:
-            async with deadline(client, what="the provider's device endpoint"):
-                response = await client.post(
-                    metadata.device_authorization_endpoint, data={"client_id": client_id, "scope": scope}
-                )
-        except httpx2.HTTPError as exc:
-            raise ProviderError(
-                f"the provider's device endpoint failed: {describe_http_error(exc)}"
-            ) from None
-    body = parse_json_object(response, what="device authorization")
+    response = await provider.post_form(
+        metadata.device_authorization_endpoint,
+        {"client_id": client_id, "scope": scope},
+        what="the provider's device endpoint",
+    )
     if response.status_code != 200:
-        raise OAuthError(
-            clean_text(body.get("error"), 64) or f"HTTP {response.status_code}",
-            clean_text(body.get("error_description")),
-        )
+        raise_oauth_error(response, what="the provider's device endpoint")
+    body = parse_json_object(response, what="device authorization")
     complete = clean_text(body.get("verification_uri_complete"), 2000)
     try:
         return DeviceAuthorization(
@@ -99,54 +74,39 @@ async def start_device_flow(
 
 
 async def poll_device_token(
-    metadata: ProviderMetadata,
+    provider: Provider,
     device: DeviceAuthorization,
     *,
     client_id: str,
-    issuer: str,
-    timeout: float,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
-    transport: Any = None,
-) -> OAuthTokens:
+) -> Credentials:
     """RFC 8628 section 3.4-3.5: poll the token endpoint until the person has finished."""
     interval = device.interval
     backoff = interval
-    async with token_client(client_id, timeout, transport=transport) as client:
-        while True:
-            if clock() + min(backoff, interval) >= device.started + device.expires_in:
-                raise DeviceFlowError("expired_token", END_STATES["expired_token"])
-            await sleep(backoff)
-            try:
-                token = await request_token(
-                    client,
-                    client.fetch_token(
-                        metadata.token_endpoint, grant_type=DEVICE_CODE_GRANT, device_code=device.device_code
-                    ),
-                )
-            except ProviderError:
-                backoff = min(backoff * 2, MAX_BACKOFF)  # the network or the provider is down: try later
+    while True:
+        if clock() + min(backoff, interval) >= device.started + device.expires_in:
+            raise DeviceFlowError("expired_token", END_STATES["expired_token"])
+        await sleep(backoff)
+        try:
+            token = await provider.token(
+                {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code, "client_id": client_id}
+            )
+        except ProviderError:
+            backoff = min(backoff * 2, MAX_BACKOFF)  # the network or the provider is down: try later
+            continue
+        except OAuthError as exc:
+            if exc.error == "authorization_pending":
+                backoff = interval
                 continue
-            except OAuthError as exc:
-                if exc.error == "authorization_pending":
-                    backoff = interval
-                    continue
-                if exc.error == "slow_down":
-                    interval += SLOW_DOWN_STEP
-                    backoff = interval
-                    continue
-                if exc.error in END_STATES:
-                    raise DeviceFlowError(exc.error, END_STATES[exc.error]) from None
-                raise
-            return tokens_from_response(token, issuer=issuer, client_id=client_id)
-
-
-def _client(timeout: float, transport: Any) -> httpx2.AsyncClient:
-    if transport is None:
-        return http_client(timeout)
-    import httpx2
-
-    return httpx2.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+            if exc.error == "slow_down":
+                interval += SLOW_DOWN_STEP
+                backoff = interval
+                continue
+            if exc.error in END_STATES:
+                raise DeviceFlowError(exc.error, END_STATES[exc.error]) from None
+            raise
+        return credentials_from_token(token, issuer=provider.issuer, client_id=client_id)
 
 
 def _required(body: dict[str, Any], name: str) -> str:
@@ -157,15 +117,8 @@ def _required(body: dict[str, Any], name: str) -> str:
 
 
 async def complete_device_login(
-    metadata: ProviderMetadata, device: DeviceAuthorization, *, settings: Settings, store: CredentialStore
-) -> LoginResult:
-    """Poll until the person has finished, verify what came back, save it (as the browser flow does)."""
-    from webapp.tokens import save_login
-
-    issuer = settings.issuer.rstrip("/")
-    tokens = await poll_device_token(
-        metadata, device, client_id=settings.client_id, issuer=issuer, timeout=settings.timeout
-    )
-    result = await identify(tokens, metadata, nonce=None, timeout=settings.timeout)
-    await save_login(store, result, settings)
-    return result
+    provider: Provider, device: DeviceAuthorization, *, client_id: str
+) -> Credentials:
+    """Poll until the person has finished, then verify what came back (as the browser flow does)."""
+    creds = await poll_device_token(provider, device, client_id=client_id)
+    return await identify(provider, creds, nonce=None)

@@ -1,6 +1,6 @@
-"""The config file on disk: read without hanging on what is not a regular file, replaced atomically.
+"""Our files on disk: read without hanging on what is not a regular file, locked, replaced atomically.
 
-The caller holds the sidecar lock for a write (webapp.store). A write goes to a 0600 temporary
+The caller holds the sidecar lock (`locked`) for a write. A write goes to a 0600 temporary
 file in the same folder, is fsynced, renamed over the target (the target of a symlink, so the link
 stays) and the folder fsynced: a crash leaves the old file or the new one, never a torn one.
 """
@@ -10,12 +10,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from webapp.errors import ConfigError
 
 Identity = tuple[int, ...]
+T = TypeVar("T")
 
 
 def reason(exc: OSError) -> str:
@@ -98,3 +101,51 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@contextmanager
+def locked(lock_path: Path, *, timeout: float, what: Path) -> Iterator[None]:
+    """An exclusive flock on a sidecar lock file (created 0600), the lock other tools take too.
+
+    `what` names the file the lock guards, for the messages. The folder is created (0700) first:
+    only writers lock.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path), mode=0o600, timeout=timeout)
+    try:
+        make_dirs(lock_path.parent)
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{what} is locked by another process") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot lock {lock_path}: {reason(exc)}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class ParsedFile(Generic[T]):
+    """A file's parsed content, parsed again only when the file changed (one stat() otherwise)."""
+
+    def __init__(self, path: Path, parse: Callable[[str], T], empty: T) -> None:
+        self.path = path
+        self._parse = parse
+        self._empty = empty
+        self._cache: tuple[Identity, T] | None = None
+
+    def get(self) -> T:
+        if self._cache is not None:
+            try:
+                if identity(os.stat(self.path)) == self._cache[0]:
+                    return self._cache[1]
+            except OSError:
+                pass  # gone or unreadable: read_text says which
+        seen, text = read_text(self.path)
+        if seen is None:
+            self._cache = None
+            return self._empty
+        value = self._parse(text)
+        self._cache = (seen, value)
+        return value

@@ -1,4 +1,5 @@
-"""Browser sign-in: authorization code + PKCE S256 (RFC 6749 4.1, RFC 7636), with authlib.
+"""Browser sign-in: authorization code + PKCE S256 (RFC 6749 4.1, RFC 7636), with authlib's
+request builders and the issuer's `Provider`.
 
 The pending sign-in (state, verifier, nonce) stays in this process's memory, is used once, and
 expires after ten minutes. The ID token, when the provider returns one, is verified (signature
@@ -7,30 +8,31 @@ against the provider's JWKS, iss, aud, exp, nonce) before anything is saved.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from webapp.errors import LoginError, OAuthError, ProviderError
-from webapp.provider import (
-    ProviderMetadata,
-    clean_text,
-    deadline,
-    describe_http_error,
-    http_client,
-    parse_json_object,
-)
-from webapp.store import OAuthTokens
+from webapp.credentials import Credentials, claim_email
+from webapp.errors import LoginError, ProviderError
+from webapp.provider import Provider, ProviderMetadata
+from webapp.settings import DEFAULT_ISSUER, DEFAULT_SCOPE
 
 if TYPE_CHECKING:
-    import httpx2
-
     from webapp.settings import Settings
 
 LOGIN_TTL = 600.0
 MAX_PENDING = 32
+# What the Codex CLI asks the default issuer for, so the tokens are those `codex login` gets.
+CODEX_SCOPE = "openid profile email offline_access api.connectors.read api.connectors.invoke"
+CODEX_PARAMS = {
+    "id_token_add_organizations": "true",
+    "codex_cli_simplified_flow": "true",
+    "originator": "codex_cli_rs",
+}
+MAX_EXPIRES_IN = 10 * 365 * 86400  # an access token said to live longer than this is clamped
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
 
 
@@ -44,12 +46,6 @@ class PendingLogin:
     redirect_uri: str
     scope: str
     created: float
-
-
-@dataclass(frozen=True)
-class LoginResult:
-    tokens: OAuthTokens
-    email: str | None
 
 
 class PendingLogins:
@@ -71,7 +67,7 @@ class PendingLogins:
             issuer=settings.issuer.rstrip("/"),
             client_id=settings.client_id,
             redirect_uri=settings.redirect_uri,
-            scope=settings.scope,
+            scope=request_scope(settings.issuer, settings.scope),
             created=self._clock(),
         )
         self._logins[login.state] = login
@@ -92,154 +88,104 @@ class PendingLogins:
             del self._logins[state]
 
 
-def token_client(
-    client_id: str,
-    timeout: float,
-    *,
-    redirect_uri: str | None = None,
-    scope: str | None = None,
-    transport: Any = None,
-) -> Any:
-    """authlib's client for a public client's token requests: PKCE S256, bounded time, no redirects,
-    and only a 200 taken as a token (authlib reads any body, even a redirect's)."""
-    from authlib.integrations.httpx_client import AsyncOAuth2Client
-
-    client = AsyncOAuth2Client(
-        client_id=client_id,
-        token_endpoint_auth_method="none",
-        code_challenge_method="S256",
-        redirect_uri=redirect_uri,
-        scope=scope,
-        timeout=timeout,
-        follow_redirects=False,
-        **({"transport": transport} if transport is not None else {}),
-    )
-    client.register_compliance_hook("access_token_response", _only_200_or_error)
-    client.register_compliance_hook("refresh_token_response", _only_200_or_error)
-    return client
-
-
-def _only_200_or_error(response: httpx2.Response) -> httpx2.Response:
-    if response.status_code != 200 and response.status_code < 400:
-        raise ProviderError(
-            f"the provider's token endpoint answered HTTP {response.status_code} instead of a token"
-        )
-    return response
-
-
-def _client(login: PendingLogin, timeout: float) -> Any:
-    return token_client(login.client_id, timeout, redirect_uri=login.redirect_uri, scope=login.scope)
+def request_scope(issuer: str, scope: str) -> str:
+    """The default issuer gets the Codex CLI's own scope unless another was asked for."""
+    return CODEX_SCOPE if issuer.rstrip("/") == DEFAULT_ISSUER and scope == DEFAULT_SCOPE else scope
 
 
 def authorization_url(metadata: ProviderMetadata, login: PendingLogin) -> str:
-    client = _client(login, 10.0)
-    url, _ = client.create_authorization_url(
+    from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    extra = CODEX_PARAMS if login.issuer == DEFAULT_ISSUER else {}
+    url: str = prepare_grant_uri(
         metadata.authorization_endpoint,
+        login.client_id,
+        "code",
+        redirect_uri=login.redirect_uri,
+        scope=login.scope,
         state=login.state,
-        code_verifier=login.verifier,
+        code_challenge=create_s256_code_challenge(login.verifier),
+        code_challenge_method="S256",
         nonce=login.nonce,
+        **extra,
     )
-    return str(url)
+    return url
 
 
-async def exchange_code(
-    metadata: ProviderMetadata, login: PendingLogin, code: str, *, timeout: float
-) -> LoginResult:
+async def exchange_code(provider: Provider, login: PendingLogin, code: str) -> Credentials:
     """Trade the authorization code for tokens, verify the ID token, find the email."""
-    async with _client(login, timeout) as client:
-        token = await request_token(
-            client,
-            client.fetch_token(
-                metadata.token_endpoint,
-                grant_type="authorization_code",
-                code=code,
-                code_verifier=login.verifier,
-            ),
-        )
-    tokens = tokens_from_response(token, issuer=login.issuer, client_id=login.client_id)
-    return await identify(tokens, metadata, nonce=login.nonce, timeout=timeout)
+    token = await provider.token(
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": login.redirect_uri,
+            "client_id": login.client_id,
+            "code_verifier": login.verifier,
+        }
+    )
+    creds = credentials_from_token(token, issuer=login.issuer, client_id=login.client_id)
+    return await identify(provider, creds, nonce=login.nonce)
 
 
-async def identify(
-    tokens: OAuthTokens, metadata: ProviderMetadata, *, nonce: str | None, timeout: float
-) -> LoginResult:
+async def identify(provider: Provider, creds: Credentials, *, nonce: str | None) -> Credentials:
     """Verify the ID token, if any, and find the account's email (from it, else from userinfo)."""
     email = None
-    async with http_client(timeout) as client:
-        if tokens.id_token:
-            claims = await verify_id_token(
-                tokens.id_token, metadata, client_id=tokens.client_id, nonce=nonce, client=client
-            )
-            email = _email(claims)
-        if email is None and metadata.userinfo_endpoint:
-            email = await fetch_userinfo_email(metadata.userinfo_endpoint, tokens.access_token, client=client)
-    return LoginResult(tokens=tokens, email=email)
+    if creds.id_token:
+        claims = await verify_id_token(provider, creds.id_token, client_id=creds.client_id or "", nonce=nonce)
+        email = claim_email(claims)
+    if email is None and creds.access_token:
+        email = await provider.userinfo_email(creds.access_token)
+    return dataclasses.replace(creds, email=email)
 
 
-async def request_token(client: httpx2.AsyncClient, call: Awaitable[Any]) -> dict[str, Any]:
-    """Await an authlib token call (within one overall deadline) and turn every way it fails into
-    one of our errors."""
-    import httpx2
-    from authlib.integrations.base_client.errors import OAuthError as AuthlibOAuthError
-
-    try:
-        async with deadline(client, what="the provider's token endpoint"):
-            token = await call
-    except AuthlibOAuthError as exc:
-        raise OAuthError(clean_text(str(exc.error), 64) or "error", clean_text(exc.description)) from None
-    except httpx2.HTTPError as exc:
-        raise ProviderError(f"the provider's token endpoint failed: {describe_http_error(exc)}") from None
-    except (ValueError, TypeError):
-        raise ProviderError("the provider's token endpoint answered something that is not a token") from None
-    return dict(token)
-
-
-def tokens_from_response(token: dict[str, Any], *, issuer: str, client_id: str) -> OAuthTokens:
+def credentials_from_token(token: dict[str, Any], *, issuer: str, client_id: str) -> Credentials:
+    """A token endpoint's answer as a record (no email yet: `identify` finds it)."""
     access_token = token.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise ProviderError("the provider's answer has no access token")
     token_type = token.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise ProviderError("the provider issued a token type other than Bearer")
-    expires_in = token.get("expires_in")
-    expires_at = None
-    if expires_in is not None:
-        try:
-            expires_at = int(time.time()) + int(expires_in)
-        except (TypeError, ValueError):
-            raise ProviderError("the provider's answer has an invalid expires_in") from None
     refresh_token = token.get("refresh_token")
     id_token = token.get("id_token")
-    return OAuthTokens(
+    return Credentials(
+        method="oauth",
         access_token=access_token,
         refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        expires_at=expires_at,
+        expires_at=_expires_at(token.get("expires_in")),
         id_token=id_token if isinstance(id_token, str) and id_token else None,
         issuer=issuer,
         client_id=client_id,
     )
 
 
-_jwks_cache: dict[str, dict[str, Any]] = {}
+def _expires_at(expires_in: object) -> int | None:
+    """RFC 6749 5.1: seconds from now; a number that is not a sane count of seconds is refused."""
+    if expires_in is None:
+        return None
+    if isinstance(expires_in, str) and expires_in.strip().isdigit() and len(expires_in.strip()) < 12:
+        expires_in = int(expires_in)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in != expires_in:
+        raise ProviderError("the provider's answer has an invalid expires_in")
+    if expires_in in (float("inf"), float("-inf")):
+        raise ProviderError("the provider's answer has an invalid expires_in")
+    return int(time.time()) + int(max(0, min(expires_in, MAX_EXPIRES_IN)))
 
 
 async def verify_id_token(
-    id_token: str,
-    metadata: ProviderMetadata,
-    *,
-    client_id: str,
-    nonce: str | None,
-    client: httpx2.AsyncClient,
+    provider: Provider, id_token: str, *, client_id: str, nonce: str | None
 ) -> dict[str, Any]:
     """OIDC Core 3.1.3.7: signature via the JWKS (refetched once for an unknown key), iss, aud, exp, nonce."""
     from joserfc import jwt
     from joserfc.errors import JoseError
     from joserfc.jwk import KeySet
 
+    metadata = await provider.metadata()
     if not metadata.jwks_uri:
         raise LoginError("the provider returned an ID token but publishes no keys to verify it")
     for refetch in (False, True):
-        jwks = await _fetch_jwks(metadata.jwks_uri, client=client, refetch=refetch)
+        jwks = await provider.jwks(refetch=refetch)
         try:
             token = jwt.decode(id_token, KeySet.import_key_set(jwks), algorithms=ID_TOKEN_ALGORITHMS)  # type: ignore[arg-type]
             break
@@ -247,6 +193,8 @@ async def verify_id_token(
             if not refetch and _is_unknown_key(exc):
                 continue
             raise LoginError(f"the provider's ID token could not be verified ({exc.error})") from None
+        except (ValueError, TypeError):
+            raise LoginError("the provider's ID token could not be verified (malformed)") from None
     expected: dict[str, Any] = {
         "iss": {"essential": True, "value": metadata.issuer},
         "aud": {"essential": True, "value": client_id},
@@ -264,37 +212,3 @@ async def verify_id_token(
 
 def _is_unknown_key(exc: Exception) -> bool:
     return type(exc).__name__ in ("MissingKeyError", "InvalidKeyIdError")
-
-
-async def _fetch_jwks(uri: str, *, client: httpx2.AsyncClient, refetch: bool) -> dict[str, Any]:
-    import httpx2
-
-    if refetch or uri not in _jwks_cache:
-        try:
-            async with deadline(client, what="fetching the provider's keys"):
-                response = await client.get(uri)
-        except httpx2.HTTPError as exc:
-            raise ProviderError(
-                f"the provider's keys could not be fetched: {describe_http_error(exc)}"
-            ) from None
-        jwks = parse_json_object(response, what="key set")
-        if not isinstance(jwks.get("keys"), list):
-            raise ProviderError("the provider's key set has no keys")
-        _jwks_cache[uri] = jwks
-    return _jwks_cache[uri]
-
-
-async def fetch_userinfo_email(endpoint: str, access_token: str, *, client: httpx2.AsyncClient) -> str | None:
-    """The email from userinfo; None when the provider will not say (the sign-in still counts)."""
-    import httpx2
-
-    try:
-        response = await client.get(endpoint, headers={"Authorization": f"Bearer {access_token}"})
-        return _email(parse_json_object(response, what="userinfo")) if response.status_code == 200 else None
-    except (httpx2.HTTPError, ProviderError):
-        return None
-
-
-def _email(claims: dict[str, Any]) -> str | None:
-    email = claims.get("email")
-    return email if isinstance(email, str) and email else None

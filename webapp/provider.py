@@ -1,8 +1,10 @@
-"""Provider endpoints from OIDC / RFC 8414 discovery, fetched once per issuer.
+"""One `Provider` per issuer: its HTTP client, discovery, keys, token endpoint and error mapping.
 
-The issuer must be https, or http on a loopback address (the test provider). Discovery documents
-must name the same issuer they were fetched for (OIDC Discovery 4.3), so a wrong or hostile
-document cannot send our tokens to another party.
+Endpoints come from OIDC / RFC 8414 discovery, fetched once. The issuer must be https, or http on a
+loopback address (the test provider). Discovery documents must name the same issuer they were
+fetched for (OIDC Discovery 4.3), so a wrong or hostile document cannot send our tokens to another
+party. Every exchange has one overall deadline; no redirect is followed; TLS is always verified.
+Every way a provider fails becomes a `ProviderError` or, for an RFC 6749 error, an `OAuthError`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import ipaddress
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
-from webapp.errors import ProviderError
+from webapp.errors import OAuthError, ProviderError
 from webapp.settings import DEFAULT_ISSUER
 
 if TYPE_CHECKING:
@@ -44,9 +46,6 @@ class ProviderMetadata:
     jwks_uri: str | None = None
 
 
-_cache: dict[str, ProviderMetadata] = {}
-
-
 def is_loopback_host(host: str | None) -> bool:
     if host is None:
         return False
@@ -70,14 +69,6 @@ def check_url(url: str, *, what: str) -> str:
 
 def issuer_key(issuer: str) -> str:
     return issuer.rstrip("/")
-
-
-async def discover(issuer: str, *, client: httpx2.AsyncClient) -> ProviderMetadata:
-    """The provider's endpoints, from its discovery document (cached for the process)."""
-    key = issuer_key(issuer)
-    if key not in _cache:
-        _cache[key] = await _fetch_metadata(key, client=client)
-    return _cache[key]
 
 
 async def _fetch_metadata(issuer: str, *, client: httpx2.AsyncClient) -> ProviderMetadata:
@@ -171,8 +162,165 @@ def clean_text(value: object, limit: int = 200) -> str | None:
     return value[:limit]
 
 
-def http_client(timeout: float) -> httpx2.AsyncClient:
+def http_client(timeout: float, transport: httpx2.AsyncBaseTransport | None = None) -> httpx2.AsyncClient:
     """The one way we talk to a provider: bounded time, no redirects, TLS verified."""
     import httpx2
 
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(timeout), follow_redirects=False, verify=True)
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(timeout), follow_redirects=False, verify=True, transport=transport
+    )
+
+
+class Provider:
+    """An issuer, as the portal talks to it. Its HTTP client is made once per event loop (a client
+    belongs to the loop that made it) and closed by `aclose`; the discovery document and the key
+    set are kept for the provider's life."""
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        metadata: ProviderMetadata | None = None,
+    ) -> None:
+        self.issuer = issuer_key(issuer)
+        self.timeout = timeout
+        self._transport = transport
+        self._clients: dict[asyncio.AbstractEventLoop, httpx2.AsyncClient] = {}
+        self._metadata = metadata
+        self._jwks: dict[str, Any] | None = None
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._clients[loop] = http_client(self.timeout, self._transport)
+        return client
+
+    async def prepare(self) -> None:
+        """Build this loop's client in a worker thread: httpx2's import and its TLS context cost
+        ~60 ms of CPU, which on the event loop would hold up every page by that much."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._clients:
+            client = await asyncio.to_thread(http_client, self.timeout, self._transport)
+            if self._clients.setdefault(loop, client) is not client:
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close this loop's client (call it before the loop ends)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def known_metadata(self) -> ProviderMetadata | None:
+        return self._metadata
+
+    async def metadata(self) -> ProviderMetadata:
+        if self._metadata is None:
+            self._metadata = await _fetch_metadata(self.issuer, client=self.client)
+        return self._metadata
+
+    async def post_form(self, url: str, data: dict[str, str], *, what: str) -> httpx2.Response:
+        """One POST within one deadline; network failures become a ProviderError naming `what`."""
+        import httpx2
+
+        try:
+            async with deadline(self.client, what=what):
+                return await self.client.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx2.HTTPError as exc:
+            raise ProviderError(f"{what} failed: {describe_http_error(exc)}") from None
+
+    async def token(self, data: dict[str, str]) -> dict[str, Any]:
+        """A token request (RFC 6749 sections 4.1.3, 6; RFC 8628 3.4): the answer, or the error."""
+        metadata = await self.metadata()
+        what = "the provider's token endpoint"
+        response = await self.post_form(metadata.token_endpoint, data, what=what)
+        if response.status_code == 200:
+            try:
+                return parse_json_object(response, what="token")
+            except ProviderError:
+                raise ProviderError(f"{what} answered something that is not a token") from None
+        raise_oauth_error(response, what=what)
+
+    async def jwks(self, *, refetch: bool) -> dict[str, Any]:
+        import httpx2
+
+        metadata = await self.metadata()
+        if metadata.jwks_uri is None:
+            raise ProviderError("the provider publishes no keys")
+        if refetch or self._jwks is None:
+            try:
+                async with deadline(self.client, what="fetching the provider's keys"):
+                    response = await self.client.get(metadata.jwks_uri)
+            except httpx2.HTTPError as exc:
+                raise ProviderError(
+                    f"the provider's keys could not be fetched: {describe_http_error(exc)}"
+                ) from None
+            jwks = parse_json_object(response, what="key set")
+            if not isinstance(jwks.get("keys"), list):
+                raise ProviderError("the provider's key set has no keys")
+            self._jwks = jwks
+        return self._jwks
+
+    async def userinfo_email(self, access_token: str) -> str | None:
+        """The email from userinfo; None when the provider will not say (the sign-in still counts)."""
+        import httpx2
+
+        endpoint = (await self.metadata()).userinfo_endpoint
+        if not endpoint:
+            return None
+        try:
+            async with deadline(self.client, what="the provider's userinfo"):
+                response = await self.client.get(
+                    endpoint, headers={"Authorization": f"Bearer {access_token}"}
+                )
+            if response.status_code != 200:
+                return None
+            email = parse_json_object(response, what="userinfo").get("email")
+        except (httpx2.HTTPError, ProviderError):
+            return None
+        return email if isinstance(email, str) and email else None
+
+    async def revoke(self, refresh_token: str, *, client_id: str) -> bool:
+        """RFC 7009: True when the provider accepted the revocation."""
+        metadata = await self.metadata()
+        if not metadata.revocation_endpoint:
+            return False
+        data = {"token": refresh_token, "token_type_hint": "refresh_token", "client_id": client_id}
+        response = await self.post_form(metadata.revocation_endpoint, data, what="revocation")
+        return response.status_code == 200
+
+
+def raise_oauth_error(response: httpx2.Response, *, what: str) -> NoReturn:
+    """An error answer: the RFC 6749 error it carries, or a ProviderError naming its status."""
+    if response.status_code < 400:
+        raise ProviderError(f"{what} answered HTTP {response.status_code} instead of a token")
+    try:
+        body = parse_json_object(response, what="error")
+    except ProviderError:
+        body = {}
+    if not isinstance(body.get("error"), str):
+        raise ProviderError(f"{what} failed: HTTP {response.status_code}")
+    raise OAuthError(clean_text(body["error"], 64) or "error", clean_text(body.get("error_description")))
+
+
+class Providers:
+    """The providers this process talks to, one per issuer (settings' and those saved with tokens)."""
+
+    def __init__(self, *, timeout: float, transport: httpx2.AsyncBaseTransport | None = None) -> None:
+        self._timeout = timeout
+        self._transport = transport
+        self._providers: dict[str, Provider] = {}
+
+    def get(self, issuer: str) -> Provider:
+        key = issuer_key(issuer)
+        if key not in self._providers:
+            self._providers[key] = Provider(key, timeout=self._timeout, transport=self._transport)
+        return self._providers[key]
+
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            await provider.aclose()

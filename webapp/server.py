@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webapp.credentials import Credentials
 from webapp.errors import PortalError
 from webapp.oauth import LOGIN_TTL
 from webapp.settings import Settings
-from webapp.store import Credentials
 
 if TYPE_CHECKING:
     import uvicorn
@@ -39,6 +39,7 @@ class ServerOptions:
     scope: str | None = None
     codex_home: Path | None = None
     open_browser: bool = True
+    codex_sync: bool | None = None  # keep the Codex CLI's auth.json in step (default: yes)
 
     def settings(self) -> Settings:
         settings = Settings.from_env()
@@ -50,6 +51,7 @@ class ServerOptions:
             scope=self.scope,
             config_path=config_path,
             open_browser=self.open_browser,
+            codex_sync=self.codex_sync,
         )
 
 

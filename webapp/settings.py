@@ -31,6 +31,7 @@ class Settings:
     open_browser: bool = True
     timeout: float = 10.0  # seconds for each call to the provider
     revoke_timeout: float = 5.0
+    codex_sync: bool = True  # keep the Codex CLI's auth.json in step (SPEC section 7)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, with_port: bool = True) -> Settings:
@@ -38,6 +39,7 @@ class Settings:
         settings = cls(config_path=default_codex_home(env) / "config.toml")
         port = env.get("CODEX_PORTAL_PORT") if with_port else None
         return settings.with_overrides(
+            codex_sync=_sync_flag(env.get("CODEX_PORTAL_CODEX_SYNC")),
             issuer=env.get("CODEX_PORTAL_ISSUER"),
             client_id=env.get("CODEX_PORTAL_CLIENT_ID"),
             scope=env.get("CODEX_PORTAL_SCOPE"),
@@ -49,12 +51,29 @@ class Settings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
 
     @property
+    def codex_home(self) -> Path:
+        return self.config_path.parent
+
+    @property
     def redirect_uri(self) -> str:
         return f"http://localhost:{self.port}/auth/callback"
 
     @property
     def origin(self) -> str:
         return f"http://localhost:{self.port}"
+
+
+def _sync_flag(text: str | None) -> bool | None:
+    if text is None or not text.strip():
+        return None
+    from webapp.errors import PortalError
+
+    value = text.strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise PortalError(f"invalid CODEX_PORTAL_CODEX_SYNC {text!r}: use 1 (keep auth.json in step) or 0")
 
 
 def parse_port(text: str, *, name: str = "") -> int:

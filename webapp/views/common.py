@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
-from webapp.app import Portal
+from webapp.credentials import Credentials
 from webapp.errors import AccessDenied
-from webapp.provider import ProviderMetadata, discover, http_client
+from webapp.portal import Portal
 from webapp.security import Session
+from webapp.stores.sync import CodexView
 
 NO_SESSION = (
     "This page needs the link that codex-portal printed in the terminal (it starts with "
@@ -64,8 +66,10 @@ def home() -> RedirectResponse:
     return RedirectResponse("/", status_code=303)
 
 
-async def provider_metadata(portal: Portal) -> ProviderMetadata:
-    async with http_client(portal.settings.timeout) as client:
-        portal.metadata = await discover(portal.settings.issuer, client=client)
-    portal.note_provider_origin(portal.metadata.authorization_endpoint)
-    return portal.metadata
+async def current_view(portal: Portal) -> tuple[Credentials | None, CodexView]:
+    """The login and what the Codex CLI sees: a stat of each file and the cached parse on the
+    event loop; only stores found apart are brought in step, in a worker thread (it takes locks)."""
+    creds, codex = portal.account.view(sync=False)
+    if codex.newer is not None:
+        creds, codex = await asyncio.to_thread(portal.account.view)
+    return creds, codex

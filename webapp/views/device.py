@@ -7,15 +7,13 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from webapp.app import DeviceLogin, Portal
 from webapp.device import complete_device_login, start_device_flow
 from webapp.errors import PortalError
-from webapp.provider import ProviderMetadata
+from webapp.portal import DeviceLogin, Portal
 from webapp.views.common import (
     checked_form,
     home,
     portal_of,
-    provider_metadata,
     render,
     require_session,
     signed_in_message,
@@ -28,31 +26,33 @@ router = APIRouter()
 async def device_start(request: Request) -> Response:
     await checked_form(request)
     portal = portal_of(request)
-    metadata = await provider_metadata(portal)
+    await portal.discover()
     settings = portal.settings
     device = await start_device_flow(
-        metadata, client_id=settings.client_id, scope=settings.scope, timeout=settings.timeout
+        portal.account.provider, client_id=settings.client_id, scope=settings.scope
     )
     _cancel_device(portal)  # one pending sign-in with a code at a time
     login = DeviceLogin(device=device)
-    login.task = asyncio.create_task(_run_device_login(portal, metadata, login))
+    login.task = asyncio.create_task(_run_device_login(portal, login))
     portal.device = login
     return RedirectResponse("/device", status_code=303)
 
 
-async def _run_device_login(portal: Portal, metadata: ProviderMetadata, login: DeviceLogin) -> None:
+async def _run_device_login(portal: Portal, login: DeviceLogin) -> None:
+    account = portal.account
     try:
-        result = await complete_device_login(
-            metadata, login.device, settings=portal.settings, store=portal.store
+        creds = await complete_device_login(
+            account.provider, login.device, client_id=portal.settings.client_id
         )
+        await account.sign_in(creds)
     except PortalError as exc:
         login.outcome = ("error", f"Sign-in with a code failed: {exc.message}")
         if portal.on_login is not None:
             portal.on_login(None, login.outcome[1])
         return
-    login.outcome = ("success", signed_in_message(result.email))
+    login.outcome = ("success", signed_in_message(creds.email))
     if portal.on_login is not None:
-        portal.on_login(await asyncio.to_thread(portal.store.load), login.outcome[1])
+        portal.on_login(creds, login.outcome[1])
 
 
 def _cancel_device(portal: Portal) -> None:

@@ -10,21 +10,20 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from webapp.app import Portal
 from webapp.checks import config_warnings
+from webapp.credentials import Credentials, status_report, validate_api_key
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
 from webapp.oauth import authorization_url, exchange_code
-from webapp.provider import clean_text, discover, http_client
+from webapp.portal import Portal
+from webapp.provider import clean_text
 from webapp.security import Session
-from webapp.store import Credentials, status_report, validate_api_key
-from webapp.tokens import ensure_fresh, save_api_key, save_login, sign_out
 from webapp.views.common import (
     checked_form,
     cookie_name,
+    current_view,
     home,
     portal_of,
-    provider_metadata,
     render,
     require_session,
     session_of,
@@ -57,13 +56,14 @@ async def _render_status(
 ) -> Response:
     portal = portal_of(request)
     config_error = None
-    creds = None
+    creds = codex = None
     try:
-        creds = portal.store.load()  # a stat, then the cached parse: cheaper than a thread hop
+        creds, codex = await current_view(portal)
     except ConfigError as exc:
         config_error = exc.message
     context = {
         "creds": creds,
+        "codex": codex,
         "status": status_report(creds, config_path=str(portal.settings.config_path)),
         "config_error": config_error,
         "csrf_token": session.csrf_token,
@@ -74,7 +74,7 @@ async def _render_status(
         "seen": _seen_digest(creds.access_token) if creds else "",
         "device_unavailable": portal.metadata is not None
         and not portal.metadata.device_authorization_endpoint,
-        "warnings": config_warnings(portal.settings.config_path),
+        "warnings": config_warnings(portal.settings.config_path, codex=codex),
     }
     return render(request, "status.html", context, status_code)
 
@@ -83,8 +83,9 @@ async def _render_status(
 async def api_status(request: Request) -> Response:
     require_session(request)
     portal = portal_of(request)
-    creds = portal.store.load()  # a stat, then the cached parse: cheaper than a thread hop
-    return JSONResponse(status_report(creds, config_path=str(portal.settings.config_path)))
+    creds, codex = await current_view(portal)
+    report = status_report(creds, config_path=str(portal.settings.config_path), codex_cli=codex.report())
+    return JSONResponse(report)
 
 
 @router.post("/login", name="login_start")
@@ -97,7 +98,7 @@ async def login_start(request: Request) -> Response:
 
 async def start_login(portal: Portal) -> str:
     """A new pending sign-in and the provider URL that begins it."""
-    metadata = await provider_metadata(portal)
+    metadata = await portal.discover()
     return authorization_url(metadata, portal.logins.new(portal.settings))
 
 
@@ -125,14 +126,11 @@ async def login_callback(request: Request) -> Response:
         code = params.get("code")
         if not code:
             raise PortalError("The provider sent no authorization code. Nothing was changed.")
-        async with http_client(portal.settings.timeout) as client:
-            metadata = await discover(login.issuer, client=client)
-        result = await exchange_code(metadata, login, code, timeout=portal.settings.timeout)
-        await save_login(portal.store, result, portal.settings)
+        creds = await exchange_code(portal.account.providers.get(login.issuer), login, code)
+        await portal.account.sign_in(creds)
     except PortalError as exc:
         return _finish(request, None, f"Sign-in failed: {exc.message}")
-    creds = await asyncio.to_thread(portal.store.load)
-    return _finish(request, creds, signed_in_message(result.email))
+    return _finish(request, creds, signed_in_message(creds.email))
 
 
 def _provider_refusal(error: str, description: str | None) -> str:
@@ -176,9 +174,8 @@ async def api_key_save(request: Request) -> Response:
         key = validate_api_key(form.get("api_key", ""))
     except PortalError as exc:
         return await _render_status(request, session, form_error=exc.message, status_code=400)
-    await save_api_key(portal.store, key, portal.settings)
-    creds = await asyncio.to_thread(portal.store.load)
-    hint = f" {creds.api_key_hint}" if creds and creds.api_key_hint else ""
+    creds = await portal.account.save_key(key)
+    hint = f" {creds.api_key_hint}" if creds.api_key_hint else ""
     session.flash(f"API key{hint} saved. The Codex CLI will use it.", "success")
     return home()
 
@@ -188,15 +185,13 @@ async def token_refresh(request: Request) -> Response:
     session, form = await checked_form(request)
     portal = portal_of(request)
     seen = form.get("seen")  # names the token the page showed, to refresh it only once
-    creds = await asyncio.to_thread(portal.store.load)
     try:
+        creds = await asyncio.to_thread(portal.account.load)
         if creds is not None and seen and seen != _seen_digest(creds.access_token):
             fresh = creds  # refreshed by someone else since the page was shown
         else:
             seen_token = creds.access_token if creds else None
-            fresh = await asyncio.to_thread(
-                ensure_fresh, portal.store, portal.settings, force=True, seen_access_token=seen_token
-            )
+            fresh = await portal.account.refresh(force=True, seen_access_token=seen_token)
     except PortalError as exc:
         session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")  # "Could not refresh: ..."
         return home()
@@ -213,14 +208,14 @@ def _seen_digest(access_token: str | None) -> str:
 @router.get("/logout", name="logout_confirm")
 async def logout_confirm(request: Request) -> Response:
     session = require_session(request)
-    creds = await asyncio.to_thread(portal_of(request).store.load)
+    creds, _ = await current_view(portal_of(request))
     return render(request, "logout.html", {"creds": creds, "csrf_token": session.csrf_token})
 
 
 @router.post("/logout", name="logout")
 async def logout(request: Request) -> Response:
     session, _ = await checked_form(request)
-    result = await sign_out(portal_of(request).store, portal_of(request).settings)
+    result = await portal_of(request).account.sign_out()
     if result.previous is None:
         session.flash("You were not signed in; nothing to do.")
     elif result.revoked is False:

@@ -1,0 +1,199 @@
+"""The login of one CODEX_HOME, as a person acts on it: sign in, save a key, refresh, sign out, token.
+
+The CLI, the pages and `run_login_server` all go through an `Account`; it holds the stores (both
+kept in step, webapp.stores) and a `Provider` per issuer (webapp.provider).
+
+Refresh is single flight however many callers ask at once, in this process or any other, the
+Codex CLI included: it holds config.toml.lock and auth.lock across read-refresh-write, starts from
+the newest tokens of either store, refreshes only if still needed, and saves the rotated refresh
+token to both stores before anyone can use the new access token. So a refresh token either tool
+has used is never sent again.
+
+Revocation goes to the issuer and client that issued the token (saved beside it), whatever the
+current settings say, and is best effort within a bounded time: the person is signed out locally
+even when the provider cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from webapp.credentials import Credentials, claim_email, status_report
+from webapp.errors import NotSignedIn, OAuthError, PortalError, ProviderError, SessionExpired
+from webapp.provider import Provider, Providers
+from webapp.settings import Settings
+from webapp.stores import Stores, open_stores
+from webapp.stores.sync import CodexView
+
+REFRESH_MARGIN = 60  # seconds: an access token this close to expiry is refreshed first
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SignOut:
+    previous: Credentials | None
+    revoked: bool | None  # None: there was no refresh token to revoke
+
+
+class Account:
+    def __init__(
+        self, settings: Settings, *, stores: Stores | None = None, providers: Providers | None = None
+    ) -> None:
+        self.settings = settings
+        self.stores = stores or open_stores(settings)
+        self.providers = providers or Providers(timeout=settings.timeout)
+
+    @property
+    def provider(self) -> Provider:
+        """The provider of the current settings (a saved login may belong to another)."""
+        return self.providers.get(self.settings.issuer)
+
+    def load(self) -> Credentials | None:
+        return self.stores.load()
+
+    def view(self, *, sync: bool = True) -> tuple[Credentials | None, CodexView]:
+        return self.stores.view(sync=sync)
+
+    def status(self) -> dict[str, object]:
+        creds, codex = self.stores.view()
+        return status_report(creds, config_path=str(self.settings.config_path), codex_cli=codex.report())
+
+    def run(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run one call from synchronous code, closing this loop's HTTP clients after it."""
+
+        async def main() -> T:
+            try:
+                return await call
+            finally:
+                await self.providers.aclose()
+
+        return asyncio.run(main())
+
+    async def sign_in(self, creds: Credentials) -> None:
+        """Save new tokens first; only then revoke the refresh token they replace."""
+        previous = await asyncio.to_thread(self._replace, creds)
+        if previous is not None and previous.refresh_token != creds.refresh_token:
+            await self.revoke(previous)
+
+    async def save_key(self, key: str) -> Credentials:
+        creds = Credentials.key(key)
+        previous = await asyncio.to_thread(self._replace, creds)
+        if previous is not None:
+            await self.revoke(previous)
+        return creds
+
+    async def sign_out(self) -> SignOut:
+        """Remove the login locally first (so a hung provider cannot keep anyone signed in), then revoke."""
+        if not self.settings.codex_home.is_dir():
+            return SignOut(previous=None, revoked=None)  # nothing to sign out of; create nothing
+        previous = await asyncio.to_thread(self._replace, None)
+        revoked = await self.revoke(previous) if previous else None
+        return SignOut(previous=previous, revoked=revoked)
+
+    def _replace(self, creds: Credentials | None) -> Credentials | None:
+        with self.stores.transaction() as tx:
+            previous = tx.credentials
+            tx.save(creds)
+        return previous
+
+    async def revoke(self, creds: Credentials) -> bool | None:
+        """RFC 7009 revocation of `creds`' refresh token; True when the provider accepted it."""
+        if creds.method != "oauth" or not creds.refresh_token:
+            return None
+        provider = self.providers.get(creds.issuer or self.settings.issuer)
+        client_id = creds.client_id or self.settings.client_id
+        try:
+            return await asyncio.wait_for(
+                provider.revoke(creds.refresh_token, client_id=client_id),
+                timeout=self.settings.revoke_timeout,
+            )
+        except (TimeoutError, PortalError):
+            return False
+
+    async def token(self) -> str:
+        """A valid access token (or the API key), refreshed under the locks first if needed."""
+        return (await self.refresh()).secret
+
+    async def refresh(self, *, force: bool = False, seen_access_token: str | None = None) -> Credentials:
+        """Valid credentials, refreshed first when needed.
+
+        `force` (the Refresh button) refreshes unless someone else already did since the caller
+        looked, which `seen_access_token` tells. The locks are held in a worker thread while the
+        exchange runs on this loop.
+        """
+        loop = asyncio.get_running_loop()
+
+        def locked() -> Credentials:
+            with self.stores.transaction() as tx:
+                creds = tx.credentials
+                if creds is None:
+                    raise NotSignedIn()
+                wanted = force and seen_access_token in (None, creds.access_token)
+                if creds.method != "oauth" or not (wanted or needs_refresh(creds)):
+                    return creds
+                if not creds.refresh_token:
+                    raise SessionExpired()
+                try:
+                    fresh = asyncio.run_coroutine_threadsafe(self._exchange(creds), loop).result()
+                except ProviderError as exc:
+                    raise ProviderError(
+                        f"could not refresh: {exc.message}; the saved tokens were kept"
+                    ) from None
+                except OAuthError as exc:
+                    if exc.error != "invalid_grant":
+                        raise
+                    # The refresh token is dead: forget it, so status says "expired" and nobody retries it.
+                    tx.save(replace(creds, refresh_token=None))
+                    raise SessionExpired() from None
+                tx.save(fresh)
+                return fresh
+
+        return await asyncio.to_thread(locked)
+
+    async def _exchange(self, creds: Credentials) -> Credentials:
+        """RFC 6749 section 6, at the issuer and client that issued the token."""
+        from webapp.oauth import credentials_from_token, verify_id_token
+
+        provider = self.providers.get(creds.issuer or self.settings.issuer)
+        client_id = creds.client_id or self.settings.client_id
+        assert creds.refresh_token is not None
+        answer = await provider.token(
+            {"grant_type": "refresh_token", "refresh_token": creds.refresh_token, "client_id": client_id}
+        )
+        fresh = credentials_from_token(answer, issuer=provider.issuer, client_id=client_id)
+        email = creds.email
+        if fresh.id_token and fresh.id_token != creds.id_token:
+            # OIDC Core 12.2: a refreshed ID token is verified like the first (no nonce), for the same person.
+            claims = await verify_id_token(provider, fresh.id_token, client_id=client_id, nonce=None)
+            if creds.id_token and claims.get("sub") != creds.subject:
+                raise ProviderError("the provider's refreshed ID token names another account")
+            email = claim_email(claims) or email
+        return replace(
+            fresh,
+            refresh_token=fresh.refresh_token or creds.refresh_token,  # not rotated: the old one stays valid
+            id_token=fresh.id_token or creds.id_token,
+            email=email,
+        )
+
+
+def needs_refresh(creds: Credentials, now: float | None = None) -> bool:
+    if creds.method != "oauth" or creds.expires_at is None:
+        return False
+    return creds.expires_at - (time.time() if now is None else now) <= REFRESH_MARGIN
+
+
+async def get_access_token(codex_home: Path | None = None) -> str:
+    """A valid access token (or the API key), refreshed under the locks first if needed."""
+    settings = Settings.from_env()
+    if codex_home is not None:
+        settings = settings.with_overrides(config_path=Path(codex_home) / "config.toml")
+    account = Account(settings)
+    try:
+        return await account.token()
+    finally:
+        await account.providers.aclose()

@@ -1,0 +1,48 @@
+"""The runtime state of one serving portal: its account, browser sessions, pending sign-ins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from webapp.accounts import Account
+from webapp.credentials import Credentials
+from webapp.device import DeviceAuthorization
+from webapp.oauth import PendingLogins
+from webapp.provider import ProviderMetadata
+from webapp.security import Sessions
+from webapp.settings import Settings
+
+
+@dataclass
+class DeviceLogin:
+    """The one pending sign-in with a code, polled by a background task."""
+
+    device: DeviceAuthorization
+    task: asyncio.Task[None] | None = None
+    outcome: tuple[str, str] | None = None  # (kind, message) once it has ended
+
+
+@dataclass
+class Portal:
+    settings: Settings
+    account: Account
+    sessions: Sessions
+    logins: PendingLogins = field(default_factory=PendingLogins)
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)  # one-time callback results
+    on_login: Callable[[Credentials | None, str], None] | None = None
+    form_action_origins: set[str] = field(default_factory=set)
+    metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
+    device: DeviceLogin | None = None
+
+    def note_provider_origin(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.form_action_origins.add(f"{parts.scheme}://{parts.netloc}")
+
+    async def discover(self) -> ProviderMetadata:
+        """The current issuer's endpoints; its authorization endpoint joins the CSP's form-action."""
+        self.metadata = await self.account.provider.metadata()
+        self.note_provider_origin(self.metadata.authorization_endpoint)
+        return self.metadata
