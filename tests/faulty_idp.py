@@ -85,7 +85,23 @@ TOKEN_FAULTS = (
     "access_denied",  # 400 {"error": "access_denied"} (device grant)
     "error_markup",  # 400 with markup in error and error_description
     "error_control_chars",  # 400 with line breaks (a fake traceback) and a terminal escape in both
+    "expires_in_infinity",  # 200, the normal answer with "expires_in": Infinity (Python's json takes it)
+    "expires_in_1e400",  # 200, "expires_in": 1e400 (a float that overflows to infinity)
+    "expires_in_huge",  # 200, "expires_in": 10**19 (an integer TOML cannot hold)
+    "deep_nesting",  # 200, 100,000 "[" (a RecursionError in a JSON parser)
+    "huge_answer",  # 200, a valid JSON object of 8 MiB (read whole, it would take the memory)
 )
+# Faults that spoil a value of the normal answer: the JSON text appended to it, replacing the key.
+VALUE_FAULTS = {
+    "expires_in_infinity": b'"expires_in": Infinity',
+    "expires_in_1e400": b'"expires_in": 1e400',
+    "expires_in_huge": b'"expires_in": 10000000000000000000',
+    "interval_negative": b'"interval": -1',
+    "interval_tiny": b'"interval": 0.001',
+    "lifetime_huge": b'"expires_in": 1000000000',
+    "escape_user_code": b'"user_code": "\\u001b]0;pwned\\u0007\\u001b[2JWXYZ-0000"',
+    "escape_uri": b'"verification_uri": "http://127.0.0.1/device\\u001b[2J"',
+}
 REVOKE_FAULTS = GENERIC_FAULTS
 JWKS_FAULTS = (
     *GENERIC_FAULTS,
@@ -98,6 +114,11 @@ DEVICE_FAULTS = (
     "javascript_uri",  # verification_uri = javascript:...
     "error_markup",
     "error_control_chars",
+    "interval_negative",  # 200, "interval": -1
+    "interval_tiny",  # 200, "interval": 0.001
+    "lifetime_huge",  # 200, "expires_in": 10**9
+    "escape_user_code",  # 200, a user code holding an OSC title sequence and a clear-screen escape
+    "escape_uri",  # 200, a verification URI holding a terminal escape
 )
 ID_TOKEN_FAULTS = (
     "bad_signature",  # signed with a key the fake does not publish, under the published key's kid
@@ -112,6 +133,9 @@ ID_TOKEN_FAULTS = (
     "hs256_public_key",  # HS256 keyed with the published RSA public key (algorithm confusion)
     "malformed",
     "spoofed_email",  # bad signature, and another person's email
+    "missing_sub",  # no sub claim
+    "list_aud_no_azp",  # aud a list of two, no azp
+    "escape_email",  # an email holding a terminal escape
 )
 
 
@@ -162,6 +186,11 @@ def _keys() -> tuple[RSAKey, RSAKey, RSAKey]:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@cache
+def _huge_answer() -> bytes:
+    return b'{"padding": "' + b"x" * (8 * 1024 * 1024) + b'"}'
 
 
 def _json(value: object, status: int = 200) -> _Answer:
@@ -407,6 +436,12 @@ class FaultyProvider:
             return f"{head}.{body}.{_b64(mac)}"
         elif fault == "malformed":
             return "not-a-jwt"
+        elif fault == "missing_sub":
+            del claims["sub"]
+        elif fault == "list_aud_no_azp":
+            claims["aud"] = [self.client_id, "another-client"]
+        elif fault == "escape_email":
+            claims["email"] = "\x1b]0;pwned\x07al\u202eice@faulty.test\x1b[2J"
         if fault == "spoofed_email":
             claims["email"] = SPOOFED_EMAIL
         return jwt.encode(header, claims, key)
@@ -470,6 +505,8 @@ class FaultyProvider:
             answer = self._normal(endpoint, handler, dict(parse_qsl(parts.query)), form)
         if mode == "redirect_302_with_token":
             answer = _Answer(302, answer.body, headers={"Location": self.url("/stolen")})
+        if mode in VALUE_FAULTS and answer.status == 200 and answer.body.endswith(b"}"):
+            answer = _Answer(200, answer.body[:-1] + b", " + VALUE_FAULTS[mode] + b"}")
         self._send(handler, answer, trickle=mode == "trickle")
 
     def _fault(self, endpoint: str, mode: str) -> _Answer | None:
@@ -497,6 +534,10 @@ class FaultyProvider:
             return _json(
                 {k: v.replace(self.issuer, evil) if k.endswith("_endpoint") else v for k, v in doc.items()}
             )
+        if mode == "deep_nesting":
+            return _Answer(200, b"[" * 100_000)
+        if mode == "huge_answer":
+            return _Answer(200, _huge_answer())
         if mode == "too_large":
             return _json({**self._discovery(), "padding": "x" * (1024 * 1024)})
         if mode == "no_access_token":

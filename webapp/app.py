@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from webapp.credentials import Credentials
 from webapp.errors import PortalError
 from webapp.humanize import format_iso, format_time_left, format_utc
 from webapp.portal import Portal
-from webapp.security import MAX_BODY, SecurityMiddleware, Sessions
+from webapp.security import MAX_BODY, SecurityMiddleware, Sessions, security_headers
 from webapp.settings import Settings
 from webapp.views import router
 
@@ -75,6 +76,7 @@ def create_app(
         SecurityMiddleware, port=settings.port, form_action=lambda: sorted(portal.form_action_origins)
     )
     app.add_exception_handler(PortalError, handle_portal_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, handle_unexpected)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
     return app
 
@@ -90,6 +92,16 @@ async def _warm_discovery(portal: Portal) -> None:
 
 async def handle_portal_error(request: Request, exc: PortalError) -> Response:
     return _error_page(request, exc.message, exc.status_code)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: one line in the log (no request data, which may carry secrets), a plain page that
+    still carries the security headers (this answer is written outside SecurityMiddleware)."""
+    logging.getLogger("codex_portal").error("unexpected %s on %s", type(exc).__name__, request.url.path)
+    response = _error_page(request, "Something went wrong inside codex-portal. Go back and try again.", 500)
+    for name, value in security_headers():
+        response.headers[name.decode()] = value.decode()
+    return response
 
 
 async def handle_http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -113,8 +113,21 @@ def unverified_claims(jwt: str | None) -> dict[str, Any]:
 
 
 def claim_email(claims: dict[str, Any]) -> str | None:
-    email = claims.get("email")
-    return email if isinstance(email, str) and email else None
+    email = printable(claims.get("email"), limit=254)
+    return email or None
+
+
+def printable(value: object, *, limit: int = 200) -> str:
+    """A provider's text fit for a page or a terminal: control and format characters (escape
+    sequences, bidi overrides) removed, cut at `limit`; "" for anything that is not text."""
+    import unicodedata
+
+    if not isinstance(value, str):
+        return ""
+    kept = "".join(
+        ch for ch in value[: limit * 4] if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
+    )
+    return kept.strip()[:limit]
 
 
 def validate_api_key(raw: str) -> str:

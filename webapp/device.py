@@ -13,15 +13,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from webapp.credentials import Credentials
+from webapp.credentials import Credentials, printable
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
 from webapp.oauth import credentials_from_token, identify
-from webapp.provider import Provider, check_url, clean_text, parse_json_object, raise_oauth_error
+from webapp.provider import Provider, check_url, clean_text, raise_oauth_error
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5.0
 SLOW_DOWN_STEP = 5.0
 MAX_BACKOFF = 60.0
+MIN_INTERVAL = 1.0  # a provider asking for faster polling is not obeyed
+MAX_INTERVAL = 60.0
+MAX_LIFETIME = 15 * 60  # seconds a code is waited for, whatever the provider says
 END_STATES = {
     "expired_token": "the code expired before it was entered; start again",
     "access_denied": "the sign-in was denied on the other device",
@@ -52,21 +55,21 @@ async def start_device_flow(provider: Provider, *, client_id: str, scope: str) -
         {"client_id": client_id, "scope": scope},
         what="the provider's device endpoint",
     )
-    if response.status_code != 200:
+    if response.status != 200:
         raise_oauth_error(response, what="the provider's device endpoint")
-    body = parse_json_object(response, what="device authorization")
+    body = response.json_object(what="device authorization")
     complete = clean_text(body.get("verification_uri_complete"), 2000)
     try:
         return DeviceAuthorization(
             device_code=_required(body, "device_code"),
-            user_code=_required(body, "user_code")[:64],
+            user_code=_required(printable(body.get("user_code"), limit=64), "user_code"),
             # Shown as links: only http(s) URLs, never javascript: or the like.
             verification_uri=check_url(_required(body, "verification_uri"), what="verification_uri"),
             verification_uri_complete=check_url(complete, what="verification_uri_complete")
             if complete
             else None,
-            expires_in=int(body["expires_in"]),
-            interval=float(body.get("interval") or DEFAULT_INTERVAL),
+            expires_in=_lifetime(body["expires_in"]),
+            interval=_interval(body.get("interval")),
             started=time.monotonic(),
         )
     except (KeyError, TypeError, ValueError):
@@ -109,11 +112,27 @@ async def poll_device_token(
         return credentials_from_token(token, issuer=provider.issuer, client_id=client_id)
 
 
-def _required(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
+def _required(body: dict[str, Any] | str, name: str) -> str:
+    value = body if isinstance(body, str) else body.get(name)
     if not isinstance(value, str) or not value:
         raise ValueError(name)
     return value
+
+
+def _lifetime(value: object) -> int:
+    """RFC 8628 `expires_in`, bounded: a code is waited for 15 minutes at most."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("expires_in")
+    return int(min(value, MAX_LIFETIME))
+
+
+def _interval(value: object) -> float:
+    """RFC 8628 `interval` (5 s when absent), kept within 1..60 s whatever the provider says."""
+    if value is None:
+        return DEFAULT_INTERVAL
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError("interval")
+    return min(max(float(value), MIN_INTERVAL), MAX_INTERVAL)
 
 
 async def complete_device_login(

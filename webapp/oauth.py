@@ -131,11 +131,16 @@ async def exchange_code(provider: Provider, login: PendingLogin, code: str) -> C
 async def identify(provider: Provider, creds: Credentials, *, nonce: str | None) -> Credentials:
     """Verify the ID token, if any, and find the account's email (from it, else from userinfo)."""
     email = None
+    subject = None
     if creds.id_token:
         claims = await verify_id_token(provider, creds.id_token, client_id=creds.client_id or "", nonce=nonce)
-        email = claim_email(claims)
+        email, subject = claim_email(claims), claims["sub"]
     if email is None and creds.access_token:
-        email = await provider.userinfo_email(creds.access_token)
+        info = await provider.userinfo(creds.access_token)
+        if info and subject is not None and info.get("sub") != subject:
+            # OIDC Core 5.3.2: userinfo about someone else must not be used.
+            raise LoginError("the provider's userinfo names another account than its ID token")
+        email = claim_email(info)
     return dataclasses.replace(creds, email=email)
 
 
@@ -197,6 +202,7 @@ async def verify_id_token(
             raise LoginError("the provider's ID token could not be verified (malformed)") from None
     expected: dict[str, Any] = {
         "iss": {"essential": True, "value": metadata.issuer},
+        "sub": {"essential": True},
         "aud": {"essential": True, "value": client_id},
         "exp": {"essential": True},
     }
@@ -207,7 +213,14 @@ async def verify_id_token(
         registry.validate(token.claims)
     except JoseError as exc:
         raise LoginError(f"the provider's ID token is not valid for this sign-in ({exc.error})") from None
-    return dict(token.claims)
+    claims = dict(token.claims)
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise LoginError("the provider's ID token is not valid for this sign-in (invalid sub)")
+    if isinstance(claims["aud"], list) and (len(claims["aud"]) > 1 or "azp" in claims):
+        # OIDC Core 3.1.3.7 items 4-5: several audiences need an authorized party, and it is us.
+        if claims.get("azp") != client_id:
+            raise LoginError("the provider's ID token is not valid for this sign-in (azp)")
+    return claims
 
 
 def _is_unknown_key(exc: Exception) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def is_loopback_host(host: str | None) -> bool:
 
 def check_url(url: str, *, what: str) -> str:
     """A provider URL must be https, or http on loopback; anything else is refused."""
+    if not all("\x21" <= ch <= "\x7e" for ch in url):
+        raise ProviderError(f"{what} is not a plain URL (it holds spaces or control characters)")
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
@@ -78,8 +81,7 @@ async def _fetch_metadata(issuer: str, *, client: httpx2.AsyncClient) -> Provide
     problems: list[str] = []
     for path in WELL_KNOWN:
         try:
-            async with deadline(client, what=f"discovery at {issuer}"):
-                response = await client.get(issuer + path, headers={"Accept": "application/json"})
+            response = await fetch(client, "GET", issuer + path, what=f"discovery at {issuer}")
         except (httpx2.TimeoutException, httpx2.ConnectError, ProviderError) as exc:
             problems.append(
                 f"{path}: {exc.message if isinstance(exc, ProviderError) else describe_http_error(exc)}"
@@ -88,8 +90,8 @@ async def _fetch_metadata(issuer: str, *, client: httpx2.AsyncClient) -> Provide
         except httpx2.HTTPError as exc:
             problems.append(f"{path}: {describe_http_error(exc)}")
             continue
-        if response.status_code != 200:
-            problems.append(f"{path}: HTTP {response.status_code}")
+        if response.status != 200:
+            problems.append(f"{path}: HTTP {response.status}")
             continue
         return _parse_metadata(issuer, response)
     if issuer == DEFAULT_ISSUER:
@@ -97,8 +99,8 @@ async def _fetch_metadata(issuer: str, *, client: httpx2.AsyncClient) -> Provide
     raise ProviderError(f"could not discover the endpoints of {issuer} ({'; '.join(problems)})")
 
 
-def _parse_metadata(issuer: str, response: httpx2.Response) -> ProviderMetadata:
-    doc = parse_json_object(response, what="discovery document")
+def _parse_metadata(issuer: str, response: Answer) -> ProviderMetadata:
+    doc = response.json_object(what="discovery document")
     if issuer_key(str(doc.get("issuer", ""))) != issuer:
         raise ProviderError(f"the discovery document of {issuer} names another issuer")
     fields: dict[str, str | None] = {}
@@ -114,20 +116,52 @@ def _parse_metadata(issuer: str, response: httpx2.Response) -> ProviderMetadata:
     return ProviderMetadata(issuer=issuer, **fields)  # type: ignore[arg-type]
 
 
-def parse_json_object(response: httpx2.Response, *, what: str) -> dict[str, Any]:
-    """A JSON object from the provider, or a ProviderError that says what was wrong with it."""
-    if len(response.content) > MAX_DOCUMENT:
-        raise ProviderError(f"the provider's {what} is too large")
-    try:
-        value = response.json()
-    except ValueError:
-        raise ProviderError(
-            f"the provider answered HTTP {response.status_code} with something that is not JSON "
-            f"instead of its {what}"
-        ) from None
-    if not isinstance(value, dict):
-        raise ProviderError(f"the provider's {what} is not a JSON object")
-    return value
+@dataclass(frozen=True)
+class Answer:
+    """A provider's answer, read whole but never past MAX_DOCUMENT bytes."""
+
+    status: int
+    body: bytes
+
+    def json_object(self, *, what: str) -> dict[str, Any]:
+        """A JSON object, or a ProviderError that says what was wrong with it."""
+        try:
+            value = json.loads(self.body)
+        except (ValueError, RecursionError):  # RecursionError: 100,000 "[" in a row
+            raise ProviderError(
+                f"the provider answered HTTP {self.status} with something that is not JSON "
+                f"instead of its {what}"
+            ) from None
+        if not isinstance(value, dict):
+            raise ProviderError(f"the provider's {what} is not a JSON object")
+        return value
+
+
+async def fetch(
+    client: httpx2.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    data: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request within one deadline, its answer streamed up to MAX_DOCUMENT bytes (a provider
+    cannot make us hold more). httpx2's own errors pass through for the caller to describe."""
+    async with deadline(client, what=what):
+        request = client.build_request(
+            method, url, data=data, headers={"Accept": "application/json", **(headers or {})}
+        )
+        response = await client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT:
+                    raise ProviderError(f"the provider's answer to {what} is too large")
+        finally:
+            await response.aclose()
+    return Answer(response.status_code, bytes(body))
 
 
 def describe_http_error(exc: Exception) -> str:
@@ -223,66 +257,61 @@ class Provider:
             self._metadata = await _fetch_metadata(self.issuer, client=self.client)
         return self._metadata
 
-    async def post_form(self, url: str, data: dict[str, str], *, what: str) -> httpx2.Response:
-        """One POST within one deadline; network failures become a ProviderError naming `what`."""
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        """One exchange (`fetch`); network failures become a ProviderError naming `what`."""
         import httpx2
 
         try:
-            async with deadline(self.client, what=what):
-                return await self.client.post(url, data=data, headers={"Accept": "application/json"})
+            return await fetch(self.client, method, url, what=what, data=data, headers=headers)
         except httpx2.HTTPError as exc:
             raise ProviderError(f"{what} failed: {describe_http_error(exc)}") from None
+
+    async def post_form(self, url: str, data: dict[str, str], *, what: str) -> Answer:
+        return await self.request("POST", url, what=what, data=data)
 
     async def token(self, data: dict[str, str]) -> dict[str, Any]:
         """A token request (RFC 6749 sections 4.1.3, 6; RFC 8628 3.4): the answer, or the error."""
         metadata = await self.metadata()
         what = "the provider's token endpoint"
         response = await self.post_form(metadata.token_endpoint, data, what=what)
-        if response.status_code == 200:
+        if response.status == 200:
             try:
-                return parse_json_object(response, what="token")
+                return response.json_object(what="token")
             except ProviderError:
                 raise ProviderError(f"{what} answered something that is not a token") from None
         raise_oauth_error(response, what=what)
 
     async def jwks(self, *, refetch: bool) -> dict[str, Any]:
-        import httpx2
-
         metadata = await self.metadata()
         if metadata.jwks_uri is None:
             raise ProviderError("the provider publishes no keys")
         if refetch or self._jwks is None:
-            try:
-                async with deadline(self.client, what="fetching the provider's keys"):
-                    response = await self.client.get(metadata.jwks_uri)
-            except httpx2.HTTPError as exc:
-                raise ProviderError(
-                    f"the provider's keys could not be fetched: {describe_http_error(exc)}"
-                ) from None
-            jwks = parse_json_object(response, what="key set")
+            response = await self.request("GET", metadata.jwks_uri, what="fetching the provider's keys")
+            jwks = response.json_object(what="key set")
             if not isinstance(jwks.get("keys"), list):
                 raise ProviderError("the provider's key set has no keys")
             self._jwks = jwks
         return self._jwks
 
-    async def userinfo_email(self, access_token: str) -> str | None:
-        """The email from userinfo; None when the provider will not say (the sign-in still counts)."""
-        import httpx2
-
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        """The userinfo claims; {} when the provider will not say (the sign-in still counts)."""
         endpoint = (await self.metadata()).userinfo_endpoint
         if not endpoint:
-            return None
+            return {}
+        bearer = {"Authorization": f"Bearer {access_token}"}
         try:
-            async with deadline(self.client, what="the provider's userinfo"):
-                response = await self.client.get(
-                    endpoint, headers={"Authorization": f"Bearer {access_token}"}
-                )
-            if response.status_code != 200:
-                return None
-            email = parse_json_object(response, what="userinfo").get("email")
-        except (httpx2.HTTPError, ProviderError):
-            return None
-        return email if isinstance(email, str) and email else None
+            response = await self.request("GET", endpoint, what="the provider's userinfo", headers=bearer)
+            return response.json_object(what="userinfo") if response.status == 200 else {}
+        except ProviderError:
+            return {}
 
     async def revoke(self, refresh_token: str, *, client_id: str) -> bool:
         """RFC 7009: True when the provider accepted the revocation."""
@@ -291,19 +320,19 @@ class Provider:
             return False
         data = {"token": refresh_token, "token_type_hint": "refresh_token", "client_id": client_id}
         response = await self.post_form(metadata.revocation_endpoint, data, what="revocation")
-        return response.status_code == 200
+        return response.status == 200
 
 
-def raise_oauth_error(response: httpx2.Response, *, what: str) -> NoReturn:
+def raise_oauth_error(response: Answer, *, what: str) -> NoReturn:
     """An error answer: the RFC 6749 error it carries, or a ProviderError naming its status."""
-    if response.status_code < 400:
-        raise ProviderError(f"{what} answered HTTP {response.status_code} instead of a token")
+    if response.status < 400:
+        raise ProviderError(f"{what} answered HTTP {response.status} instead of a token")
     try:
-        body = parse_json_object(response, what="error")
+        body = response.json_object(what="error")
     except ProviderError:
         body = {}
     if not isinstance(body.get("error"), str):
-        raise ProviderError(f"{what} failed: HTTP {response.status_code}")
+        raise ProviderError(f"{what} failed: HTTP {response.status}")
     raise OAuthError(clean_text(body["error"], 64) or "error", clean_text(body.get("error_description")))
 
 
