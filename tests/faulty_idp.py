@@ -136,7 +136,9 @@ ID_TOKEN_FAULTS = (
     "missing_sub",  # no sub claim
     "list_aud_no_azp",  # aud a list of two, no azp
     "escape_email",  # an email holding a terminal escape
+    "no_email",  # no email claim: the portal asks userinfo
 )
+USERINFO_FAULTS = (*GENERIC_FAULTS, "other_sub")  # other_sub: userinfo about another account
 
 
 @dataclass(frozen=True)
@@ -317,7 +319,7 @@ class FaultyProvider:
             "revoke": REVOKE_FAULTS,
             "jwks": JWKS_FAULTS,
             "device": DEVICE_FAULTS,
-            "userinfo": GENERIC_FAULTS,
+            "userinfo": USERINFO_FAULTS,
             "authorize": GENERIC_FAULTS,
         }
         if mode is not None and mode not in known[endpoint]:
@@ -440,6 +442,8 @@ class FaultyProvider:
             del claims["sub"]
         elif fault == "list_aud_no_azp":
             claims["aud"] = [self.client_id, "another-client"]
+        elif fault == "no_email":
+            del claims["email"]
         elif fault == "escape_email":
             claims["email"] = "\x1b]0;pwned\x07al\u202eice@faulty.test\x1b[2J"
         if fault == "spoofed_email":
@@ -534,6 +538,8 @@ class FaultyProvider:
             return _json(
                 {k: v.replace(self.issuer, evil) if k.endswith("_endpoint") else v for k, v in doc.items()}
             )
+        if mode == "other_sub":
+            return _json({"sub": "mallory", "email": SPOOFED_EMAIL})
         if mode == "deep_nesting":
             return _Answer(200, b"[" * 100_000)
         if mode == "huge_answer":

@@ -112,6 +112,14 @@ def test_an_id_token_without_a_subject_or_an_authorized_party_is_refused(
     assert __import__("re").search(reason, caught.value.message), caught.value.message
 
 
+def test_userinfo_about_another_account_is_refused(fake: FaultyProvider, tmp_path: Path) -> None:
+    fake.id_token_fault = "no_email"
+    assert sign_in(fake, tmp_path).email == "alice@faulty.test"  # from userinfo, same sub
+    fake.fail("userinfo", "other_sub")
+    with pytest.raises(LoginError, match="userinfo names another account"):
+        sign_in(fake, tmp_path)
+
+
 def test_an_email_with_terminal_escapes_is_shown_without_them(fake: FaultyProvider, tmp_path: Path) -> None:
     fake.id_token_fault = "escape_email"
     creds = sign_in(fake, tmp_path)

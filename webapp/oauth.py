@@ -214,7 +214,7 @@ async def verify_id_token(
     except JoseError as exc:
         raise LoginError(f"the provider's ID token is not valid for this sign-in ({exc.error})") from None
     claims = dict(token.claims)
-    if not isinstance(claims["sub"], str) or not claims["sub"]:
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise LoginError("the provider's ID token is not valid for this sign-in (invalid sub)")
     if isinstance(claims["aud"], list) and (len(claims["aud"]) > 1 or "azp" in claims):
         # OIDC Core 3.1.3.7 items 4-5: several audiences need an authorized party, and it is us.
