@@ -60,3 +60,12 @@ def test_status_page_shows_warnings_and_the_expired_state(
     page = browser_client.get("/").text
     assert "press <strong>Refresh</strong> now" in page
     assert 'data-expires="1000"' in page and "expired" in page
+
+
+def test_a_hard_linked_config_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[auth]\napi_key = "sk-test-0123456789abcdef"\n')
+    os.chmod(config, 0o600)
+    os.link(config, tmp_path / "backup.toml")
+    warnings = config_warnings(config, {})
+    assert any("1 other name(s) (hard links)" in w and "even after sign-out" in w for w in warnings), warnings

@@ -47,12 +47,19 @@ def config_warnings(
 
 def _mode_warning(path: Path) -> list[str]:
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
         return []
-    if not mode & 0o077:
-        return []
-    return [
-        f"{path} can be read by other users of this machine (mode {mode:04o}). "
-        f"The next save makes it 0600; or run: chmod 600 {path}"
-    ]
+    warnings = []
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        warnings.append(
+            f"{path} can be read by other users of this machine (mode {mode:04o}). "
+            f"The next save makes it 0600; or run: chmod 600 {path}"
+        )
+    if st.st_nlink > 1:
+        warnings.append(
+            f"{path} has {st.st_nlink - 1} other name(s) (hard links). A save replaces this name only: "
+            "the others keep the old content, credentials included, even after sign-out."
+        )
+    return warnings
