@@ -6,6 +6,8 @@ which runs ``npm ci`` in ``tests/provider``). This module starts it on a free po
 
     with TestProvider().start() as idp:
         idp.issuer, idp.client_id
+        # switches (tests/provider/provider.js): TestProvider(access_token_ttl=310, email_in_id_token=True,
+        #   openai_auth_claim=True, jwt_access_tokens=True, extra_env={"IDP_CLIENT_ID": "..."})
         location = idp.login_without_browser(authorize_url)   # ".../auth/callback?code=...&state=..."
         idp.approve_device(user_code)
         idp.events("grant.success")
@@ -145,6 +147,8 @@ class TestProvider:
         *,
         access_token_ttl: int = 3600,
         email_in_id_token: bool = True,
+        openai_auth_claim: bool = False,
+        jwt_access_tokens: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.client_id = (extra_env or {}).get("IDP_CLIENT_ID", "codex-portal-test")
@@ -154,6 +158,8 @@ class TestProvider:
             "IDP_CLIENT_ID": self.client_id,
             "IDP_ACCESS_TOKEN_TTL": str(access_token_ttl),
             "IDP_EMAIL_IN_ID_TOKEN": "1" if email_in_id_token else "0",
+            "IDP_OPENAI_AUTH_CLAIM": "1" if openai_auth_claim else "0",
+            "IDP_JWT_ACCESS_TOKENS": "1" if jwt_access_tokens else "0",
             "IDP_EXIT_ON_STDIN_EOF": "1",  # no orphan provider if the test run is killed
             **(extra_env or {}),
         }

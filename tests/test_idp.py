@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -20,11 +21,27 @@ from tests.idp import ProviderError, TestProvider
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile email offline_access"
+CODEX_SCOPE = "openid profile email offline_access api.connectors.read api.connectors.invoke"
+CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+OPENAI_AUTH = "https://api.openai.com/auth"
 
 
 @pytest.fixture(scope="session")
 def idp() -> Iterator[TestProvider]:
     with TestProvider().start() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def codex_idp() -> Iterator[TestProvider]:
+    """The provider as the Codex CLI needs it: its client id, its claim, JWT access tokens."""
+    provider = TestProvider(
+        access_token_ttl=310,
+        openai_auth_claim=True,
+        jwt_access_tokens=True,
+        extra_env={"IDP_CLIENT_ID": CODEX_CLIENT_ID},
+    )
+    with provider.start():
         yield provider
 
 
@@ -67,9 +84,11 @@ def callback_params(location: str) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
 
 
-def sign_in(http: httpx2.Client, idp: TestProvider, redirect_uri: str | None = None) -> dict[str, Any]:
+def sign_in(
+    http: httpx2.Client, idp: TestProvider, redirect_uri: str | None = None, **extra: str
+) -> dict[str, Any]:
     redirect_uri = redirect_uri or random_redirect_uri()
-    url, verifier = authorize_url(http, idp, redirect_uri)
+    url, verifier = authorize_url(http, idp, redirect_uri, **extra)
     state = parse_qs(urlsplit(url).query)["state"][0]
     location = idp.login_without_browser(url)
     assert location.startswith(f"{redirect_uri}?")
@@ -320,3 +339,124 @@ def test_events_never_carry_token_values(http: httpx2.Client, idp: TestProvider)
     for value in (*tokens.values(), *refreshed.values()):
         if isinstance(value, str) and len(value) > 20:
             assert value not in output
+
+
+# ---- the switches the Codex CLI needs (IDP_OPENAI_AUTH_CLAIM, IDP_JWT_ACCESS_TOKENS) and JSON at /token ----
+def jwt_payload(token: str) -> dict[str, Any]:
+    """The payload of a JWT, unverified (as the Codex CLI reads it)."""
+    part = token.split(".")[1]
+    payload: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return payload
+
+
+def test_by_default_no_openai_claim_and_opaque_access_tokens(http: httpx2.Client, idp: TestProvider) -> None:
+    tokens = sign_in(http, idp)
+    assert OPENAI_AUTH not in id_token_claims(http, idp, tokens["id_token"])
+    assert tokens["access_token"].count(".") != 2
+
+
+@pytest.mark.parametrize("email_in_id_token", [True, False])
+def test_openai_auth_claim_is_in_the_id_token(http: httpx2.Client, email_in_id_token: bool) -> None:
+    with TestProvider(openai_auth_claim=True, email_in_id_token=email_in_id_token).start() as other:
+        tokens = sign_in(http, other)
+        claims = id_token_claims(http, other, tokens["id_token"])
+        assert claims[OPENAI_AUTH] == {"chatgpt_account_id": "acct-alice", "chatgpt_plan_type": "plus"}
+        assert ("email" in claims) is email_in_id_token
+        # opaque access token: userinfo serves it, with the claim
+        userinfo = http.get(
+            discover(http, other)["userinfo_endpoint"],
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        )
+        assert userinfo.status_code == 200, userinfo.text
+        assert userinfo.json()[OPENAI_AUTH]["chatgpt_account_id"] == "acct-alice"
+
+
+def test_jwt_access_tokens_are_signed_and_expire(http: httpx2.Client, codex_idp: TestProvider) -> None:
+    before = int(time.time())
+    tokens = sign_in(http, codex_idp, scope=CODEX_SCOPE)
+    assert 300 < tokens["expires_in"] <= 310
+    keys = KeySet.import_key_set(http.get(discover(http, codex_idp)["jwks_uri"]).json())
+    access = jwt.decode(tokens["access_token"], keys, algorithms=["RS256"])
+    assert access.header["typ"] == "at+jwt"
+    claims = access.claims
+    assert before <= claims["iat"] <= time.time() and claims["exp"] == claims["iat"] + 310
+    assert claims["iss"] == codex_idp.issuer and claims["aud"] == f"{codex_idp.issuer}/api"
+    assert claims["sub"] == "alice" and claims["client_id"] == CODEX_CLIENT_ID
+    # offline_access is dropped without prompt=consent (oidc-provider); the refresh token comes anyway
+    assert set(claims["scope"].split()) == set(CODEX_SCOPE.split()) - {"offline_access"}
+    assert claims[OPENAI_AUTH] == {"chatgpt_account_id": "acct-alice", "chatgpt_plan_type": "plus"}
+    assert jwt_payload(tokens["access_token"]) == claims  # readable without the key, as the Codex CLI does
+
+    id_claims = id_token_claims(http, codex_idp, tokens["id_token"])
+    assert id_claims["email"] == "alice@example.test"
+    assert id_claims[OPENAI_AUTH]["chatgpt_account_id"] == "acct-alice"
+
+
+def test_jwt_access_tokens_are_refused_by_userinfo(http: httpx2.Client) -> None:
+    # oidc-provider serves userinfo to audience-less tokens only; the ID token then has the email.
+    with TestProvider(jwt_access_tokens=True, email_in_id_token=False).start() as other:
+        tokens = sign_in(http, other)
+        assert id_token_claims(http, other, tokens["id_token"])["email"] == "alice@example.test"
+        response = http.get(
+            discover(http, other)["userinfo_endpoint"],
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        )
+        assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+
+
+def test_codex_scope_is_granted(http: httpx2.Client, idp: TestProvider) -> None:
+    assert set(CODEX_SCOPE.split()) <= set(discover(http, idp)["scopes_supported"])
+    tokens = sign_in(http, idp, scope=CODEX_SCOPE)
+    assert set(tokens["scope"].split()) == set(CODEX_SCOPE.split()) - {"offline_access"}  # see above
+    assert {"access_token", "refresh_token", "id_token"} <= tokens.keys()
+
+
+def refresh_with_json(http: httpx2.Client, idp: TestProvider, refresh_token: str) -> httpx2.Response:
+    """A refresh as the Codex CLI sends it: a JSON body."""
+    return http.post(
+        discover(http, idp)["token_endpoint"],
+        json={"client_id": idp.client_id, "grant_type": "refresh_token", "refresh_token": refresh_token},
+    )
+
+
+@pytest.mark.parametrize("provider", ["idp", "codex_idp"])
+def test_refresh_with_a_json_body(http: httpx2.Client, provider: str, request: pytest.FixtureRequest) -> None:
+    idp: TestProvider = request.getfixturevalue(provider)
+    tokens = sign_in(http, idp, scope=CODEX_SCOPE)
+    grant_id = idp.events("grant.success")[-1]["grant_id"]
+
+    response = refresh_with_json(http, idp, tokens["refresh_token"])
+    assert response.status_code == 200, response.text
+    rotated = response.json()
+    assert {"access_token", "refresh_token", "id_token"} <= rotated.keys()
+    assert rotated["refresh_token"] != tokens["refresh_token"]
+    assert rotated["access_token"] != tokens["access_token"]
+    if provider == "codex_idp":
+        assert jwt_payload(rotated["access_token"])["exp"] > jwt_payload(tokens["access_token"])["iat"]
+        assert (
+            id_token_claims(http, idp, rotated["id_token"])[OPENAI_AUTH]["chatgpt_account_id"] == "acct-alice"
+        )
+
+    refreshes = [e for e in grant_events(idp, "grant.success", grant_id) if e["refresh"]]
+    assert len(refreshes) == 1 and refreshes[0]["rotated"] is True
+    assert refreshes[0]["client_id"] == idp.client_id
+
+    reused = refresh_with_json(http, idp, tokens["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    error = [e for e in idp.events("grant.error") if e.get("grant_type") == "refresh_token"][-1]
+    assert error["error_detail"] == "refresh token already used"
+    assert refresh(http, idp, rotated["refresh_token"]).json()["error"] == "invalid_grant"  # chain revoked
+
+
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", "null"])
+def test_an_unparseable_json_body_is_an_invalid_request(
+    http: httpx2.Client, idp: TestProvider, body: str
+) -> None:
+    response = http.post(
+        discover(http, idp)["token_endpoint"],
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    # the provider is still fine
+    assert http.get(f"{idp.issuer}/.well-known/openid-configuration").status_code == 200

@@ -14,15 +14,34 @@
 //     (RFC 8252 7.3, `stripLoopbackPort` in lib/models/client.js): http://localhost:4321/auth/callback
 //     is accepted for the registered http://localhost/auth/callback.
 //   IDP_EXIT_ON_STDIN_EOF: when 1, exit once stdin closes (the parent test process died).
+//   IDP_OPENAI_AUTH_CLAIM [0]: 1 = ID tokens (and access tokens) carry the claim the Codex CLI reads,
+//     "https://api.openai.com/auth": {"chatgpt_account_id": "acct-<login>", "chatgpt_plan_type": "plus"}
+//     (an `openid` scope claim, so it is in the ID token whatever IDP_EMAIL_IN_ID_TOKEN says).
+//   IDP_JWT_ACCESS_TOKENS [0]: 1 = access tokens are signed JWTs (RFC 9068, `typ: at+jwt`, RS256 with the
+//     provider's key, with `exp`, `scope`, `client_id`, `aud` = <issuer>/api), as the Codex CLI needs
+//     to decide when to refresh. Done with oidc-provider's resource indicators: every grant defaults
+//     to the one resource <issuer>/api. Two consequences of the library, both checked:
+//       - userinfo refuses these tokens (401 invalid_token, "token audience prevents accessing the
+//         userinfo endpoint"): oidc-provider serves userinfo only to audience-less opaque tokens;
+//       - the ID token then carries the scope claims (email, name) even with IDP_EMAIL_IN_ID_TOKEN=0
+//         (oidc-provider conforms ID token claims only when userinfo can be used).
+//     Refresh works as usual (rotated refresh token, new JWT access token).
+//
+// Always on: /token also takes a JSON body (`Content-Type: application/json`), which the Codex CLI sends
+// when it refreshes ({"client_id", "grant_type", "refresh_token"}, client id app_EMoamEEZ73f0CkXaXp7hrann:
+// start with IDP_CLIENT_ID=app_EMoamEEZ73f0CkXaXp7hrann for it). It is re-encoded as
+// application/x-www-form-urlencoded before oidc-provider (which reads form bodies only) sees it.
+// Scopes: openid profile email offline_access, and the Codex CLI's api.connectors.read and
+// api.connectors.invoke (accepted, granted, carry no claims).
 //
 // Pages: oidc-provider's devInteractions (login: any login + any password; consent: "Continue") and
 // its device flow pages at /device. All of them @import a Google web font; a middleware strips it so a
 // browser without internet makes no external request.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { createServer } from 'node:http';
+import { createServer, IncomingMessage } from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const env = (name, fallback) => process.env[name] || fallback;
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
@@ -32,6 +51,8 @@ const clientId = env('IDP_CLIENT_ID', 'codex-portal-test');
 const accessTokenTtl = Number(env('IDP_ACCESS_TOKEN_TTL', '3600'));
 const deviceCodeTtl = Number(env('IDP_DEVICE_CODE_TTL', '600'));
 const emailInIdToken = env('IDP_EMAIL_IN_ID_TOKEN', '1') === '1';
+const openaiAuthClaim = env('IDP_OPENAI_AUTH_CLAIM', '0') === '1';
+const jwtAccessTokens = env('IDP_JWT_ACCESS_TOKENS', '0') === '1';
 const redirectUris = env(
   'IDP_REDIRECT_URIS',
   'http://localhost/auth/callback,http://127.0.0.1/auth/callback,http://[::1]/auth/callback',
@@ -41,6 +62,10 @@ const redirectUris = env(
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-key', use: 'sig', alg: 'RS256' };
 
+// The claim the Codex CLI reads its account from (IDP_OPENAI_AUTH_CLAIM=1).
+const OPENAI_AUTH = 'https://api.openai.com/auth';
+const openaiAuth = (id) => ({ chatgpt_account_id: `acct-${id}`, chatgpt_plan_type: 'plus' });
+
 // Any login id is an account: sub = login, email = <login>@example.test.
 const findAccount = async (_ctx, id) => ({
   accountId: id,
@@ -49,8 +74,11 @@ const findAccount = async (_ctx, id) => ({
     email: `${id}@example.test`,
     email_verified: true,
     name: `${id.charAt(0).toUpperCase()}${id.slice(1)} Example`,
+    ...(openaiAuthClaim ? { [OPENAI_AUTH]: openaiAuth(id) } : {}),
   }),
 });
+
+const SCOPES = ['openid', 'profile', 'email', 'offline_access', 'api.connectors.read', 'api.connectors.invoke'];
 
 const configuration = {
   clients: [{
@@ -65,8 +93,16 @@ const configuration = {
   jwks: { keys: [signingKey] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   findAccount,
-  scopes: ['openid', 'profile', 'email', 'offline_access'],
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  scopes: SCOPES,
+  claims: {
+    openid: openaiAuthClaim ? ['sub', OPENAI_AUTH] : ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+  },
+  // Access tokens (JWT ones in their payload) carry the Codex CLI's claim too, as OpenAI's do.
+  extraTokenClaims: async (_ctx, token) => (
+    openaiAuthClaim && token.accountId ? { [OPENAI_AUTH]: openaiAuth(token.accountId) } : undefined
+  ),
   conformIdTokenClaims: !emailInIdToken, // false = scope claims go into the ID token too
   pkce: { required: () => true }, // oidc-provider only implements S256
   features: {
@@ -75,6 +111,9 @@ const configuration = {
     revocation: { enabled: true },
     introspection: { enabled: true },
     userinfo: { enabled: true },
+    // IDP_JWT_ACCESS_TOKENS=1: one resource server, the default of every grant, takes JWT access tokens.
+    // Without it, resource indicators keep the library's defaults (no resource: opaque access tokens).
+    ...(jwtAccessTokens ? { resourceIndicators: { enabled: true } } : {}),
   },
   // oidc-provider issues refresh tokens only when offline_access survived (it needs prompt=consent):
   // a test provider always issues one, and tokens never die with the provider's browser session.
@@ -92,6 +131,78 @@ const configuration = {
     RefreshToken: 14 * 24 * 3600,
   },
 };
+
+// Filled in once the issuer (its port) is known.
+let apiResource;
+if (jwtAccessTokens) {
+  Object.assign(configuration.features.resourceIndicators, {
+    defaultResource: async () => apiResource,
+    useGrantedResource: async () => true, // refresh and code exchange keep the granted resource
+    getResourceServerInfo: async (_ctx, resource) => {
+      if (resource !== apiResource) throw new errors.InvalidTarget();
+      return {
+        scope: SCOPES.join(' '),
+        audience: apiResource,
+        accessTokenFormat: 'jwt',
+        accessTokenTTL: accessTokenTtl,
+      };
+    },
+  });
+}
+
+// ---- /token with a JSON body (the Codex CLI's refresh): re-encoded as a form before oidc-provider --------
+const isJsonTokenRequest = (req) => req.method === 'POST'
+  && new URL(req.url, 'http://localhost').pathname === '/token'
+  && /^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '');
+
+async function formEncodedCopy(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 56 * 1024) return null; // oidc-provider's own body limit
+    chunks.push(chunk);
+  }
+  let params;
+  try {
+    params = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (params === null || typeof params !== 'object' || Array.isArray(params)) return null;
+  const form = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    for (const item of Array.isArray(value) ? value : [value]) {
+      if (item === null || item === undefined) continue;
+      form.append(name, typeof item === 'object' ? JSON.stringify(item) : String(item));
+    }
+  }
+  const body = Buffer.from(form.toString());
+  // The same request (method, URL, headers, socket) with the form body, for koa and oidc-provider.
+  const copy = new IncomingMessage(req.socket);
+  Object.assign(copy, {
+    method: req.method,
+    url: req.url,
+    httpVersion: req.httpVersion,
+    httpVersionMajor: req.httpVersionMajor,
+    httpVersionMinor: req.httpVersionMinor,
+    complete: true,
+  });
+  copy.headers = {
+    ...req.headers,
+    'content-type': 'application/x-www-form-urlencoded',
+    'content-length': String(body.length),
+  };
+  copy.push(body);
+  copy.push(null);
+  return copy;
+}
+
+function badJson(res) {
+  res.writeHead(400, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(JSON.stringify({ error: 'invalid_request', error_description: 'failed to parse the JSON request body' }));
+  emit('grant.error', { route: 'token', error: 'invalid_request', error_detail: 'unparseable JSON body' });
+}
 
 // ---- events: one `EVENT {json}` line each; ids of grants are fine, token values never -------------
 const emit = (event, fields) => {
@@ -157,6 +268,7 @@ function logEvents(provider) {
 const server = createServer();
 server.listen(port, '127.0.0.1', async () => {
   const issuer = `http://127.0.0.1:${server.address().port}`;
+  apiResource = `${issuer}/api`;
   const provider = new Provider(issuer, configuration);
   logEvents(provider);
 
@@ -192,7 +304,20 @@ server.listen(port, '127.0.0.1', async () => {
     process.exit(1);
   }
 
-  server.on('request', provider.callback());
+  const handle = provider.callback();
+  server.on('request', (req, res) => {
+    if (!isJsonTokenRequest(req)) {
+      handle(req, res);
+      return;
+    }
+    formEncodedCopy(req).then(
+      (copy) => (copy ? handle(copy, res) : badJson(res)),
+      (err) => {
+        console.error(err);
+        if (!res.headersSent) badJson(res);
+      },
+    );
+  });
   process.stdout.write(`LISTENING ${issuer}\n`);
 });
 
