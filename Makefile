@@ -41,7 +41,7 @@ run: install
 
 # Try it offline: the test provider and the portal on loopback, a throwaway CODEX_HOME.
 # make demo ARGS="--no-browser --port 1456 --codex-home /tmp/codex-demo"
-demo: install provider codex
+demo: install provider
 	$(PY) demo/demo.py $(ARGS)
 
 # Performance figures beside their baselines, measured in the same run (bench/bench.py, ~1 min);
