@@ -20,6 +20,9 @@
     of the same bytes.                                                              target <= 5 ms
 (f) browser sign-in against the real test provider (tests/idp.py), Debian Chromium via Playwright,
     from the click on "Sign in" to the status page saying "Signed in as"; median of 5. No target.
+(g) CPU time (user + system) of `codex-portal status` and of `codex-portal token` (a valid token: no
+    refresh) beside the real Codex CLI's own `codex login status` (tests/codex, `make codex`), on the
+    same CODEX_HOME (config.toml and auth.json in step), interleaved, median of 15. No target.
 
 Beside the wall-clock figures, which other load on the machine skews, the bench prints CPU times
 (server CPU at the first 200 in (a), server CPU per request in (b), CPU of the command in (c), of one
@@ -626,6 +629,53 @@ def bench_status(work: Path) -> Figure:
     return figure
 
 
+# ---- (g) the portal's commands beside the Codex CLI's own ----------------------------------------
+def bench_codex(work: Path) -> Figure:
+    from tests.codex_cli import CODEX_BIN, codex_env
+    from webapp.settings import Settings
+    from webapp.stores import open_stores
+
+    figure = Figure("g", "`codex-portal status` CPU", "ms", baseline_name="`codex login status` CPU")
+    home = make_home(work, "codex-home", signed_in_config())
+    with open_stores(Settings(config_path=home / "config.toml")).transaction():
+        pass  # brings auth.json in step, as the portal's first look does
+    assert (home / "auth.json").exists()
+    env = {**portal_env(home), **{k: v for k, v in codex_env(home).items() if k != "PATH"}}
+    commands = {
+        "status": [str(PORTAL), "status"],
+        "token": [str(PORTAL), "token"],
+        "codex": [str(CODEX_BIN), "login", "status"],
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
+
+    def once(name: str) -> None:
+        proc = subprocess.Popen(
+            commands[name],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, code, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(code) != 0:
+            raise RuntimeError(f"{' '.join(commands[name])} exited {os.waitstatus_to_exitcode(code)}")
+        cpu[name].append((usage.ru_utime + usage.ru_stime) * 1000)
+
+    for name in commands:
+        once(name)  # the files in the page cache
+        cpu[name].clear()
+    for _ in range(STATUS_RUNS):
+        for name in commands:
+            once(name)
+    figure.samples, figure.baseline_samples = cpu["status"], cpu["codex"]
+    figure.value, figure.baseline = _median(cpu["status"]), _median(cpu["codex"])
+    token = _median(cpu["token"])
+    figure.notes = f"`codex-portal token` CPU {token:.1f} ms (ratio {token / figure.baseline:.2f})"
+    figure.extra = {"token_cpu_ms": token}
+    figure.judge(None)
+    return figure
+
+
 # ---- (e) one locked atomic update --------------------------------------------------------------
 def bench_save(work: Path) -> Figure:
     from webapp.stores import ConfigTomlStore
@@ -810,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated parts to run (default: all)")
     parser.add_argument(
         "--generator", choices=("auto", "wrk", "httpx2"), default="auto", help="load generator"
     )
@@ -836,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         ({"c"}, lambda w: [bench_status(w)]),
         ({"e"}, lambda w: [bench_save(w)]),
         ({"f"}, lambda w: [bench_browser(w)]),
+        ({"g"}, lambda w: [bench_codex(w)]),
     ]
     with tempfile.TemporaryDirectory(prefix="codex-portal-bench-") as tmp:
         work = Path(tmp)

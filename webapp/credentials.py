@@ -6,7 +6,6 @@ produces one. The email is worked out once, when the record is made, and saved w
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,6 +91,8 @@ class Credentials:
 
 def fingerprint(creds: Credentials | None) -> str:
     """Names a login without revealing it: equal when two stores hold the same tokens or key."""
+    import hashlib
+
     if creds is None:
         return ""
     parts = (creds.method, creds.access_token or "", creds.refresh_token or "", creds.api_key or "")
