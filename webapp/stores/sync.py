@@ -39,8 +39,8 @@ class CodexView:
     newer: Which | None = None  # when the two differ: which store holds the newer change
     problem: str | None = None  # why they could not be brought in step
 
-    def summary(self) -> str:
-        """One sentence for the page and `status`."""
+    def summary(self, *, with_path: bool = True) -> str:
+        """One sentence for `status` (and, without the path, for the page, which shows it apart)."""
         if self.store == "off":
             return "not kept in step: auth.json is left alone (--no-codex-sync or CODEX_PORTAL_CODEX_SYNC=0)."
         if self.store != "file":
@@ -50,15 +50,12 @@ class CodexView:
                 "which codex-portal does not reach."
             )
         if self.problem:
-            return f"{self.problem}"
+            return self.problem
+        where = f" in {self.path}" if with_path else ""
         if self.in_sync:
-            return (
-                f"sees this same login in {self.path}."
-                if self.signed_in
-                else f"not signed in either ({self.path})."
-            )
+            return f"sees this same login{where}." if self.signed_in else f"not signed in either{where}."
         newer = "the Codex CLI's auth.json" if self.newer == "auth.json" else "config.toml"
-        return f"sees another login in {self.path}; {newer} holds the newer change."
+        return f"sees another login{where}; {newer} holds the newer change."
 
     def report(self) -> dict[str, object]:
         return {
