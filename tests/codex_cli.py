@@ -35,7 +35,10 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.idp import TestProvider
 
 CODEX_BIN = Path(__file__).parent / "codex" / "node_modules" / ".bin" / "codex"
 CODEX_VERSION = "0.169.0"
@@ -224,6 +227,27 @@ def refresh_with_codex(codex_home: Path, token_url: str, timeout: float = 60) ->
             f"stdout:\n{stdout}\nstderr:\n{stderr}"
         )
     return read_auth_json(codex_home)
+
+
+def codex_provider(access_token_ttl: int) -> TestProvider:
+    """The test provider as the Codex CLI needs it: its client id, its claim, JWT access tokens
+    (start it with `with codex_provider(290).start() as idp:`)."""
+    from tests.idp import TestProvider
+
+    return TestProvider(
+        access_token_ttl=access_token_ttl,
+        openai_auth_claim=True,
+        jwt_access_tokens=True,
+        extra_env={"IDP_CLIENT_ID": CODEX_CLIENT_ID},
+    )
+
+
+def codex_home_with_config(parent: Path) -> Path:
+    """A private CODEX_HOME (0700) holding a config.toml the real Codex CLI accepts."""
+    folder = parent / ".codex"
+    folder.mkdir(mode=0o700)
+    realistic_config(folder / "config.toml")
+    return folder
 
 
 def realistic_config(path: Path) -> str:

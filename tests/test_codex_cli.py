@@ -27,6 +27,7 @@ from tests.codex_cli import (
     OPENAI_AUTH_CLAIM,
     CodexCliError,
     chatgpt_id_token,
+    codex_provider,
     jwt_claims,
     login_status,
     login_with_api_key,
@@ -52,13 +53,7 @@ def codex_home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def codex_idp() -> Iterator[TestProvider]:
     """The test provider as the Codex CLI needs it: its client id, its claim, JWT access tokens."""
-    provider = TestProvider(
-        access_token_ttl=ACCESS_TOKEN_TTL,
-        openai_auth_claim=True,
-        jwt_access_tokens=True,
-        extra_env={"IDP_CLIENT_ID": CODEX_CLIENT_ID},
-    )
-    with provider.start():
+    with codex_provider(ACCESS_TOKEN_TTL).start() as provider:
         yield provider
 
 

@@ -24,8 +24,9 @@ import tomlkit
 
 from tests.codex_cli import (
     CODEX_BIN,
-    CODEX_CLIENT_ID,
     codex_env,
+    codex_home_with_config,
+    codex_provider,
     jwt_claims,
     login_status,
     login_with_api_key,
@@ -43,13 +44,7 @@ OTHER_KEY = "sk-test-zyxwvutsrqponmlk"
 
 
 def _provider(ttl: int) -> Iterator[TestProvider]:
-    provider = TestProvider(
-        access_token_ttl=ttl,
-        openai_auth_claim=True,
-        jwt_access_tokens=True,
-        extra_env={"IDP_CLIENT_ID": CODEX_CLIENT_ID},
-    )
-    with provider.start():
+    with codex_provider(ttl).start() as provider:
         yield provider
 
 
@@ -62,10 +57,7 @@ def idp() -> Iterator[TestProvider]:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    folder = tmp_path / ".codex"
-    folder.mkdir(mode=0o700)
-    realistic_config(folder / "config.toml")
-    return folder
+    return codex_home_with_config(tmp_path)
 
 
 def portal(

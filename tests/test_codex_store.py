@@ -18,22 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.codex_cli import realistic_config
 from webapp.cli import main
 from webapp.credentials import OPENAI_AUTH_CLAIM, Credentials, fingerprint
 from webapp.settings import Settings
 from webapp.stores import ConfigTomlStore, open_stores
 from webapp.stores.sync import RECORD_NAME
 
-CONFIG = """\
-# Codex settings, written by hand
-model = "gpt-5"   # a string, as the Codex CLI wants it
-
-[projects."/home/ada/work"]
-trust_level = "trusted"
-
-[mcp_servers.docs]
-command = "true"
-"""
 KEY = "sk-proj-0123456789abcdefghijWXYZ"
 OTHER_KEY = "sk-other-9876543210zyxwvuts-abcd"
 
@@ -70,10 +61,6 @@ def home(tmp_path: Path) -> Path:
     folder.mkdir(mode=0o700)
     realistic_config(folder / "config.toml")
     return folder
-
-
-def realistic_config(path: Path) -> None:
-    path.write_text(CONFIG)
 
 
 def save(home: Path, creds: Credentials | None) -> None:

@@ -88,24 +88,36 @@ def test_provider_refusal_changes_nothing(
     assert portal_settings.config_path.read_text() == USER_FILE
 
 
+def _refresh_status(idp: TestProvider, refresh_token: str) -> tuple[int, str]:
+    """What the provider says to this refresh token now (it rotates: use it only to test a dead one)."""
+    answer = httpx2.post(
+        f"{idp.issuer}/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": idp.client_id},
+    )
+    return answer.status_code, str(answer.json().get("error", ""))
+
+
 def test_sign_in_again_revokes_the_old_refresh_token_after_saving(
     idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
 ) -> None:
     sign_in(idp, browser)
     old = _auth(portal_settings.config_path)
-    sign_in(idp, browser, login="bob")
+    sign_in(idp, browser)  # the same account again: the old sign-in is replaced and revoked
     new = _auth(portal_settings.config_path)
     assert new["refresh_token"] != old["refresh_token"]
+    assert "Signed in as alice@example.test" in browser.get("/").text
+    assert _refresh_status(idp, str(old["refresh_token"])) == (400, "invalid_grant")
+
+
+def test_sign_in_to_another_account_keeps_the_first_one(
+    idp: TestProvider, browser: httpx2.Client, portal_settings: Settings
+) -> None:
+    sign_in(idp, browser)
+    before = len(idp.events("revocation.success"))
+    sign_in(idp, browser, login="bob")
     assert "Signed in as bob@example.test" in browser.get("/").text
-    reuse = httpx2.post(
-        f"{idp.issuer}/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": old["refresh_token"],
-            "client_id": idp.client_id,
-        },
-    )
-    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+    assert len(idp.events("revocation.success")) == before  # alice's sign-in is kept, not revoked
+    assert "Switch to alice@example.test" in browser.get("/").text
 
 
 def test_sign_out_revokes_and_removes_auth(

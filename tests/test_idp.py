@@ -17,12 +17,12 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 import tests.idp
+from tests.codex_cli import CODEX_CLIENT_ID, codex_provider
 from tests.idp import ProviderError, TestProvider
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile email offline_access"
 CODEX_SCOPE = "openid profile email offline_access api.connectors.read api.connectors.invoke"
-CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 OPENAI_AUTH = "https://api.openai.com/auth"
 
 
@@ -35,13 +35,7 @@ def idp() -> Iterator[TestProvider]:
 @pytest.fixture(scope="module")
 def codex_idp() -> Iterator[TestProvider]:
     """The provider as the Codex CLI needs it: its client id, its claim, JWT access tokens."""
-    provider = TestProvider(
-        access_token_ttl=310,
-        openai_auth_claim=True,
-        jwt_access_tokens=True,
-        extra_env={"IDP_CLIENT_ID": CODEX_CLIENT_ID},
-    )
-    with provider.start():
+    with codex_provider(310).start() as provider:
         yield provider
 
 

@@ -23,12 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from webapp.credentials import Credentials, claim_email, status_report
-from webapp.errors import NotSignedIn, OAuthError, PortalError, ProviderError, SessionExpired
+from webapp.credentials import Credentials, claim_email, default_name, same_account, status_report
+from webapp.errors import ConfigError, NotSignedIn, OAuthError, PortalError, ProviderError, SessionExpired
 from webapp.provider import Provider, Providers
 from webapp.settings import Settings
 from webapp.stores import Stores, open_stores
-from webapp.stores.sync import CodexView
+from webapp.stores.saved import EMPTY as EMPTY_ACCOUNTS
+from webapp.stores.saved import AccountsFile, SavedAccount, unique_name
+from webapp.stores.sync import CodexView, SyncedTransaction
 
 REFRESH_MARGIN = 60  # seconds: an access token this close to expiry is refreshed first
 T = TypeVar("T")
@@ -38,6 +40,49 @@ T = TypeVar("T")
 class SignOut:
     previous: Credentials | None
     revoked: bool | None  # None: there was no refresh token to revoke
+    count: int = 0  # how many accounts were signed out
+
+
+@dataclass(frozen=True)
+class AccountEntry:
+    name: str
+    credentials: Credentials
+    active: bool
+
+    def report(self) -> dict[str, object]:
+        """One object of `accounts --json`."""
+        creds = self.credentials
+        return {
+            "name": self.name,
+            "method": creds.method,
+            "email": creds.email,
+            "api_key_hint": creds.api_key_hint,
+            "expires_at": creds.expires_at,
+            "active": self.active,
+        }
+
+
+def find_account(accounts: AccountsFile, active: Credentials | None, name: str) -> SavedAccount | None:
+    """The saved account called `name` (or whose email it is); None for the active account."""
+    if active is not None and name in (accounts.active or default_name(active), active.email):
+        return None
+    named = [a for a in accounts.saved if a.name == name]
+    if named:
+        return named[0]
+    by_email = [a for a in accounts.saved if a.credentials.email == name]
+    if len(by_email) == 1:
+        return by_email[0]
+    if by_email:
+        names = ", ".join(a.name for a in by_email)
+        raise PortalError(f"{name} is the email of {len(by_email)} saved accounts ({names}): use the name")
+    raise PortalError(f"no account named {name}; `codex-portal accounts` lists them")
+
+
+def _accounts_or_empty(tx: SyncedTransaction) -> AccountsFile:
+    try:
+        return tx.accounts
+    except ConfigError:
+        return EMPTY_ACCOUNTS
 
 
 class Account:
@@ -74,32 +119,122 @@ class Account:
 
         return asyncio.run(main())
 
-    async def sign_in(self, creds: Credentials) -> None:
-        """Save new tokens first; only then revoke the refresh token they replace."""
-        previous = await asyncio.to_thread(self._replace, creds)
-        if previous is not None and previous.refresh_token != creds.refresh_token:
-            await self.revoke(previous)
+    def accounts(self) -> list[AccountEntry]:
+        """Every account: the active one first (its newest tokens), then the saved ones."""
+        creds, _ = self.stores.view()
+        saved = self.stores.saved.load()
+        entries = [AccountEntry(saved.active or default_name(creds), creds, True)] if creds else []
+        return entries + [AccountEntry(a.name, a.credentials, False) for a in saved.saved]
 
-    async def save_key(self, key: str) -> Credentials:
+    async def sign_in(self, creds: Credentials, *, name: str | None = None) -> str:
+        """Make `creds` the active account, saved first; the account that was active is kept
+        (another account) or its refresh token revoked (the same account, signed in again).
+        Returns the account's name."""
+        named, replaced = await asyncio.to_thread(self._activate, creds, name)
+        for old in replaced:
+            if old.refresh_token != creds.refresh_token:
+                await self.revoke(old)
+        return named
+
+    async def save_key(self, key: str, *, name: str | None = None) -> Credentials:
         creds = Credentials.key(key)
-        previous = await asyncio.to_thread(self._replace, creds)
-        if previous is not None:
-            await self.revoke(previous)
+        await self.sign_in(creds, name=name)
         return creds
 
-    async def sign_out(self) -> SignOut:
-        """Remove the login locally first (so a hung provider cannot keep anyone signed in), then revoke."""
+    def _activate(self, creds: Credentials, name: str | None) -> tuple[str, list[Credentials]]:
+        with self.stores.transaction() as tx:
+            accounts = tx.accounts
+            active = tx.credentials
+            saved = list(accounts.saved)
+            replaced: list[Credentials] = []
+            if active is not None and same_account(active, creds):
+                replaced.append(active)
+                name = name or accounts.active
+            elif active is not None:
+                saved.append(SavedAccount(accounts.active or default_name(active), active))
+            for old in [a for a in saved if same_account(a.credentials, creds)]:
+                saved.remove(old)
+                replaced.append(old.credentials)
+                name = name or old.name
+            name = unique_name(name or default_name(creds), [a.name for a in saved])
+            tx.save(creds)
+            tx.save_accounts(AccountsFile(active=name, saved=tuple(saved)))
+        return name, replaced
+
+    async def sign_out(self, name: str | None = None, *, everything: bool = False) -> SignOut:
+        """Sign out of the active account (default), of the saved account `name`, or of all:
+        removed locally first (so a hung provider cannot keep anyone signed in), then revoked."""
         if not self.settings.codex_home.is_dir():
             return SignOut(previous=None, revoked=None)  # nothing to sign out of; create nothing
-        previous = await asyncio.to_thread(self._replace, None)
-        revoked = await self.revoke(previous) if previous else None
-        return SignOut(previous=previous, revoked=revoked)
+        removed = await asyncio.to_thread(self._remove, name, everything)
+        revoked: bool | None = None
+        for creds in removed:
+            outcome = await self.revoke(creds)
+            if outcome is not None:
+                revoked = outcome if revoked is None else revoked and outcome
+        return SignOut(previous=removed[0] if removed else None, revoked=revoked, count=len(removed))
 
-    def _replace(self, creds: Credentials | None) -> Credentials | None:
+    def _remove(self, name: str | None, everything: bool) -> list[Credentials]:
         with self.stores.transaction() as tx:
-            previous = tx.credentials
-            tx.save(creds)
-        return previous
+            active = tx.credentials
+            if name is None and not everything:
+                if active is None:
+                    return []
+                tx.save(None)
+                accounts = _accounts_or_empty(tx)
+                if accounts.active is not None or accounts.saved:
+                    tx.save_accounts(AccountsFile(active=None, saved=accounts.saved))
+                return [active]
+            accounts = tx.accounts
+            if everything:
+                tx.save(None)
+                tx.save_accounts(AccountsFile(active=None, saved=()))
+                return ([active] if active else []) + [a.credentials for a in accounts.saved]
+            assert name is not None
+            target = find_account(accounts, active, name)
+            if target is None:  # the active one
+                tx.save(None)
+                tx.save_accounts(AccountsFile(active=None, saved=accounts.saved))
+                return [active] if active else []
+            tx.save_accounts(
+                AccountsFile(
+                    active=accounts.active, saved=tuple(a for a in accounts.saved if a is not target)
+                )
+            )
+            return [target.credentials]
+
+    async def switch(self, name: str) -> AccountEntry:
+        """Make a saved account the active one. The active one is put away with its newest tokens
+        (perhaps rotated by the Codex CLI since); nothing is revoked; a switched-to account whose
+        access token expired is refreshed under the locks."""
+        loop = asyncio.get_running_loop()
+
+        def locked() -> AccountEntry:
+            with self.stores.transaction() as tx:
+                accounts = tx.accounts
+                active = tx.credentials
+                target = find_account(accounts, active, name)
+                if target is None:
+                    assert active is not None
+                    return AccountEntry(accounts.active or default_name(active), active, True)
+                saved = [a for a in accounts.saved if a is not target]
+                if active is not None:
+                    saved.append(SavedAccount(accounts.active or default_name(active), active))
+                creds = target.credentials
+                if needs_refresh(creds) and creds.refresh_token:
+                    try:
+                        creds = asyncio.run_coroutine_threadsafe(self._exchange(creds), loop).result()
+                    except OAuthError as exc:
+                        if exc.error != "invalid_grant":
+                            raise
+                        creds = replace(creds, refresh_token=None)  # dead: shown as expired
+                    except ProviderError:
+                        pass  # the provider is away: switched all the same, refreshed on next use
+                tx.save(creds)
+                tx.save_accounts(AccountsFile(active=target.name, saved=tuple(saved)))
+                return AccountEntry(target.name, creds, True)
+
+        return await asyncio.to_thread(locked)
 
     async def revoke(self, creds: Credentials) -> bool | None:
         """RFC 7009 revocation of `creds`' refresh token; True when the provider accepted it."""

@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from webapp import __version__
+from webapp.credentials import account_name
 from webapp.errors import PortalError
 from webapp.settings import Settings, parse_port
 
-COMMANDS = ("serve", "login", "status", "token", "logout")
+COMMANDS = ("serve", "login", "status", "token", "logout", "accounts", "switch")
 TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 MAX_KEY_INPUT = 64 * 1024
 EPILOG = """\
@@ -110,10 +111,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
     how = login.add_mutually_exclusive_group()
     how.add_argument("--device", action="store_true", help="sign in with a code entered on another device")
     how.add_argument("--api-key", action="store_true", help="read an API key from standard input instead")
+    login.add_argument("--name", help="the account's name (default: its email, or the key's hint)")
+    login.add_argument(
+        "--account",
+        metavar="EMAIL",
+        help="the account to sign in to (the provider is told; another is refused)",
+    )
     status = _command(sub, "status", "show the login; exit 0 when signed in, 1 when not")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _command(sub, "token", "print a valid access token (or the API key), refreshing it first if needed")
-    _command(sub, "logout", "revoke (best effort) and remove the credentials")
+    logout = _command(sub, "logout", "revoke (best effort) and remove an account (the active one by default)")
+    logout.add_argument("name", nargs="?", metavar="NAME", help="a saved account's name or email")
+    logout.add_argument("--all", action="store_true", help="every account, active and saved")
+    accounts = _command(sub, "accounts", "list the accounts, the active one marked")
+    accounts.add_argument("--json", action="store_true", help="print one JSON list")
+    switch = _provider_command(sub, "switch", "make a saved account the active one (nothing is revoked)")
+    switch.add_argument("name", metavar="NAME", help="the account's name or email")
     return parser, sub.choices
 
 
@@ -178,12 +191,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
+    name = account_name(args.name) if args.name is not None else None
     if args.api_key:
-        return _login_api_key(settings)
+        if args.account:
+            raise PortalError("--account names an account to sign in to; an API key has none")
+        return _login_api_key(settings, name)
     if args.device:
         import asyncio
 
-        return asyncio.run(_login_device(settings))
+        return asyncio.run(_login_device(settings, name, args.account))
     from webapp.server import ServerOptions, run_login_server, sign_in_prompt
 
     options = ServerOptions(
@@ -194,6 +210,8 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
         codex_home=settings.config_path.parent,
         open_browser=settings.open_browser,
         codex_sync=settings.codex_sync,
+        account_name=name,
+        login_hint=args.account,
     )
 
     def show(url: str) -> None:
@@ -208,9 +226,10 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _login_device(settings: Settings) -> int:
+async def _login_device(settings: Settings, name: str | None, expected: str | None) -> int:
     from webapp.accounts import Account
     from webapp.device import complete_device_login, start_device_flow
+    from webapp.oauth import check_account
 
     account = Account(settings)
     try:
@@ -225,7 +244,8 @@ async def _login_device(settings: Settings) -> int:
             print(f"Or open {device.verification_uri_complete}", file=sys.stderr)
         print("Waiting...", file=sys.stderr, flush=True)
         creds = await complete_device_login(account.provider, device, client_id=settings.client_id)
-        await account.sign_in(creds)
+        check_account(creds, expected)
+        await account.sign_in(creds, name=name)
     finally:
         await account.providers.aclose()
     who = f" as {creds.email}" if creds.email else ""
@@ -239,7 +259,7 @@ def _saved_to(settings: Settings) -> str:
     return str(settings.config_path)
 
 
-def _login_api_key(settings: Settings) -> int:
+def _login_api_key(settings: Settings, name: str | None) -> int:
     from webapp.accounts import Account
     from webapp.credentials import validate_api_key
 
@@ -257,7 +277,7 @@ def _login_api_key(settings: Settings) -> int:
             raise PortalError("the API key is not UTF-8 text") from None
     key = validate_api_key(raw)
     account = Account(settings)
-    creds = account.run(account.save_key(key))
+    creds = account.run(account.save_key(key, name=name))
     print(f"Saved API key {creds.api_key_hint} to {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
@@ -305,14 +325,55 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
     from webapp.accounts import Account
 
+    if args.all and args.name:
+        raise PortalError("give an account's name or --all, not both")
     account = Account(settings)
-    result = account.run(account.sign_out())
+    result = account.run(account.sign_out(args.name and account_name(args.name), everything=args.all))
     if result.previous is None:
         print("Not signed in; nothing to do.", file=sys.stderr)
-    elif result.revoked is False:
-        print("Signed out. The provider could not be reached to revoke the refresh token.", file=sys.stderr)
+        return 0
+    what = f"{result.count} accounts" if result.count > 1 else "the account"
+    if result.revoked is False:
+        print(
+            f"Signed out of {what}. The provider could not be reached to revoke the refresh token.",
+            file=sys.stderr,
+        )
     else:
-        print(f"Signed out; removed the credentials from {_saved_to(settings)}.", file=sys.stderr)
+        print(f"Signed out of {what}; removed the credentials from {_saved_to(settings)}.", file=sys.stderr)
+    return 0
+
+
+def cmd_accounts(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.accounts import Account
+
+    entries = Account(settings).accounts()
+    if args.json:
+        import json
+
+        print(json.dumps([entry.report() for entry in entries], ensure_ascii=False))
+        return 0
+    if not entries:
+        print(f"No accounts. (config: {settings.config_path})")
+        return 0
+    for entry in entries:
+        creds = entry.credentials
+        what = (
+            f"API key {creds.api_key_hint}"
+            if creds.method == "api_key"
+            else f"OAuth, {creds.email or 'email unknown'}"
+        )
+        print(f"{'*' if entry.active else ' '} {entry.name}  ({what}){'  active' if entry.active else ''}")
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.accounts import Account
+
+    account = Account(settings)
+    entry = account.run(account.switch(account_name(args.name)))
+    creds = entry.credentials
+    who = f" ({creds.email})" if creds.email and creds.email != entry.name else ""
+    print(f"Now using {entry.name}{who}. Saved to {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 
@@ -322,4 +383,6 @@ HANDLERS = {
     "status": cmd_status,
     "token": cmd_token,
     "logout": cmd_logout,
+    "accounts": cmd_accounts,
+    "switch": cmd_switch,
 }

@@ -168,3 +168,29 @@ def status_report(
     if codex_cli is not None:
         report["codex_cli"] = codex_cli
     return report
+
+
+def account_key(creds: Credentials) -> tuple[str, ...]:
+    """Who a login belongs to: the issuer and the ID token's subject (else the email), or the key.
+    Two logins with the same key are one account, whatever their tokens."""
+    if creds.method == "api_key":
+        return ("api_key", fingerprint(creds))
+    who = creds.subject or (f"email:{creds.email}" if creds.email else f"login:{fingerprint(creds)}")
+    return ("oauth", (creds.issuer or "").rstrip("/"), who)
+
+
+def same_account(a: Credentials, b: Credentials) -> bool:
+    return account_key(a) == account_key(b)
+
+
+def default_name(creds: Credentials) -> str:
+    """An account's name unless the person gives one: its email, or the key's hint."""
+    return creds.email or creds.api_key_hint or "account"
+
+
+def account_name(raw: str) -> str:
+    """A name the person typed, fit to show and to type again."""
+    name = printable(raw, limit=64)
+    if not name:
+        raise PortalError("the account name is empty")
+    return name

@@ -37,6 +37,17 @@ ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
 
 
 @dataclass(frozen=True)
+class LoginRequest:
+    """What the person asked of a sign-in: a name for the account, and which account it must be
+    (`login --account EMAIL`: the provider is told, and another account coming back is refused).
+    `choose` asks the provider to show its account choice (adding an account beside the active one)."""
+
+    name: str | None = None
+    login_hint: str | None = None
+    choose: bool = False
+
+
+@dataclass(frozen=True)
 class PendingLogin:
     state: str = field(repr=False)
     verifier: str = field(repr=False)
@@ -46,6 +57,7 @@ class PendingLogin:
     redirect_uri: str
     scope: str
     created: float
+    request: LoginRequest = LoginRequest()
 
 
 class PendingLogins:
@@ -56,7 +68,7 @@ class PendingLogins:
         self._clock = clock
         self._logins: dict[str, PendingLogin] = {}
 
-    def new(self, settings: Settings) -> PendingLogin:
+    def new(self, settings: Settings, request: LoginRequest | None = None) -> PendingLogin:
         self._expire()
         while len(self._logins) >= MAX_PENDING:
             self._logins.pop(next(iter(self._logins)))
@@ -69,6 +81,7 @@ class PendingLogins:
             redirect_uri=settings.redirect_uri,
             scope=request_scope(settings.issuer, settings.scope),
             created=self._clock(),
+            request=request or LoginRequest(),
         )
         self._logins[login.state] = login
         return login
@@ -97,7 +110,11 @@ def authorization_url(metadata: ProviderMetadata, login: PendingLogin) -> str:
     from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
     from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-    extra = CODEX_PARAMS if login.issuer == DEFAULT_ISSUER else {}
+    extra = dict(CODEX_PARAMS) if login.issuer == DEFAULT_ISSUER else {}
+    if login.request.login_hint:
+        extra["login_hint"] = login.request.login_hint
+    if login.request.choose or login.request.login_hint:
+        extra["prompt"] = "login"  # the provider shows its sign-in, so another account can be chosen
     url: str = prepare_grant_uri(
         metadata.authorization_endpoint,
         login.client_id,
@@ -125,7 +142,16 @@ async def exchange_code(provider: Provider, login: PendingLogin, code: str) -> C
         }
     )
     creds = credentials_from_token(token, issuer=login.issuer, client_id=login.client_id)
-    return await identify(provider, creds, nonce=login.nonce)
+    creds = await identify(provider, creds, nonce=login.nonce)
+    check_account(creds, login.request.login_hint)
+    return creds
+
+
+def check_account(creds: Credentials, expected: str | None) -> None:
+    """`login --account EMAIL`: the account that came back must be the one asked for."""
+    if expected and (creds.email or "").lower() != expected.lower():
+        got = creds.email or "an account without an email"
+        raise LoginError(f"the provider signed you in as {got}, not {expected}; nothing was saved")
 
 
 async def identify(provider: Provider, creds: Credentials, *, nonce: str | None) -> Credentials:

@@ -40,6 +40,8 @@ class ServerOptions:
     codex_home: Path | None = None
     open_browser: bool = True
     codex_sync: bool | None = None  # keep the Codex CLI's auth.json in step (default: yes)
+    account_name: str | None = None  # the new account's name (default: its email)
+    login_hint: str | None = None  # the account to sign in to; another one is refused
 
     def settings(self) -> Settings:
         settings = Settings.from_env()
@@ -241,7 +243,8 @@ async def run_login_server(
     provider's page, return the saved credentials once the tokens are in the config file."""
     from webapp.security import Sessions
 
-    settings = (options or ServerOptions()).settings()
+    options_ = options or ServerOptions()
+    settings = options_.settings()
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[tuple[Credentials | None, str]] = loop.create_future()
     stop = asyncio.Event()
@@ -253,11 +256,13 @@ async def run_login_server(
             outcome.set_result((creds, message))
 
     def ready() -> None:
+        from webapp.oauth import LoginRequest
         from webapp.views import start_login
 
         async def begin() -> None:
             try:
-                url = await start_login(apps[0].state.portal)
+                request = LoginRequest(name=options_.account_name, login_hint=options_.login_hint)
+                url = await start_login(apps[0].state.portal, request)
             except PortalError as exc:
                 if not outcome.done():
                     outcome.set_exception(exc)

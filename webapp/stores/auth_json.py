@@ -15,22 +15,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from webapp.credentials import Credentials, unverified_claims, validate_api_key
 from webapp.errors import ConfigError, PortalError
-from webapp.files import ParsedFile, locked, read_text, reason, write_atomic
+from webapp.files import ParsedFile, read_text, reason, write_atomic
 from webapp.settings import DEFAULT_CLIENT_ID, DEFAULT_ISSUER
-from webapp.stores.protocol import Transaction
+from webapp.stores.protocol import LockedFile
 
 MAX_EXPIRES_AT = 2**53  # a JWT `exp` past this is nonsense; TOML and JSON readers can hold it
 
 
-class AuthJsonStore:
+class AuthJsonStore(LockedFile):
     name = "auth.json"
 
     def __init__(self, codex_home: Path, *, lock_timeout: float = 30.0) -> None:
@@ -60,16 +58,6 @@ class AuthJsonStore:
             write_atomic(self.path, json.dumps(_document(data, creds), indent=2))
         except OSError as exc:
             raise ConfigError(f"cannot write {self.path}: {reason(exc)}") from None
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        with locked(self.lock_path, timeout=self.lock_timeout, what=self.path):
-            yield
-
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        with self.lock():
-            yield Transaction(self)
 
 
 def can_hold(creds: Credentials) -> bool:

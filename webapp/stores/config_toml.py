@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from webapp.credentials import Credentials, claim_email, unverified_claims, validate_api_key
 from webapp.errors import ConfigError
-from webapp.files import ParsedFile, locked, read_text, reason, write_atomic
-from webapp.stores.protocol import Transaction
+from webapp.files import ParsedFile, read_text, reason, write_atomic
+from webapp.stores.protocol import LockedFile
 
 if TYPE_CHECKING:
     from webapp.tomledit import Values
@@ -31,7 +31,7 @@ _OUR_KEYS = (*OAUTH_KEYS, "email", "api_key")
 STORE_SETTING = "cli_auth_credentials_store"  # where the Codex CLI keeps its login (SPEC section 7)
 
 
-class ConfigTomlStore:
+class ConfigTomlStore(LockedFile):
     """`[auth]` in config.toml; also reads the file's `cli_auth_credentials_store` setting."""
 
     name = "config.toml"
@@ -86,17 +86,6 @@ class ConfigTomlStore:
         if not self.path.parent.is_dir():
             return None  # nothing to sign out of, and no reason to create the directory
         return self.save(None)
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """The sidecar lock (flock, which other tools can take too)."""
-        with locked(self.lock_path, timeout=self.lock_timeout, what=self.path):
-            yield
-
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        with self.lock():
-            yield Transaction(self)
 
 
 def _values(creds: Credentials | None) -> Values:

@@ -11,11 +11,13 @@ A backend (config_toml.py, auth_json.py; an OS keyring would be a third) impleme
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from webapp.credentials import Credentials
+from webapp.files import locked
 
 
 class Store(Protocol):
@@ -33,13 +35,45 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
 
+class ReadWrite(Protocol):
+    def read(self) -> Credentials | None: ...
+
+    def write(self, creds: Credentials | None) -> None: ...
+
+
 class Transaction:
     """The login read fresh under the store's lock; `save` writes at once."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ReadWrite) -> None:
         self._store = store
         self.credentials = store.read()
 
     def save(self, creds: Credentials | None) -> None:
         self._store.write(creds)
         self.credentials = creds
+
+
+class LockedFile:
+    """What the file backends share: an exclusive flock on a sidecar lock file, and transactions.
+    A subclass sets `path`, `lock_path`, `lock_timeout` and implements `read` and `write`."""
+
+    path: Path
+    lock_path: Path
+    lock_timeout: float
+
+    def read(self) -> Credentials | None:
+        raise NotImplementedError
+
+    def write(self, creds: Credentials | None) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The sidecar lock (flock, which other tools can take too)."""
+        with locked(self.lock_path, timeout=self.lock_timeout, what=self.path):
+            yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self.lock():
+            yield Transaction(self)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from webapp.credentials import Credentials, fingerprint
+from webapp.credentials import Credentials, default_name, fingerprint, same_account
 from webapp.errors import ConfigError
 from webapp.files import ParsedFile, write_atomic
 from webapp.stores.auth_json import AuthJsonStore, can_hold
 from webapp.stores.config_toml import ConfigTomlStore
+from webapp.stores.saved import AccountsFile, SavedAccount, SavedAccounts, unique_name
 
 CodexMode = Literal["file", "keyring", "auto", "ephemeral", "off"]
 RECORD_NAME = "codex-portal-sync.json"
@@ -70,6 +71,7 @@ class Stores:
     def __init__(self, config: ConfigTomlStore, codex: AuthJsonStore | None) -> None:
         self.config = config
         self.codex = codex  # None: --no-codex-sync
+        self.saved = SavedAccounts(config.path.parent)
         self.record_path = config.path.parent / RECORD_NAME
         self._record: ParsedFile[dict[str, Any]] = ParsedFile(self.record_path, _parse_record, {})
 
@@ -199,10 +201,37 @@ class SyncedTransaction:
                 self._codex = None
         self._theirs = theirs
         self._catch_up: tuple[Credentials | None, Which] | None = None
+        self._accounts: AccountsFile | None = None
         if self._codex is not None and not stores._as_left(ours, theirs):
             newest, which = stores._newest(ours, theirs)
             self.credentials = newest
             self._catch_up = (newest, which)
+
+    @property
+    def accounts(self) -> AccountsFile:
+        """The saved accounts, read fresh under the lock on first use (a damaged file: ConfigError)."""
+        if self._accounts is None:
+            self._accounts = self._stores.saved.read()
+        return self._accounts
+
+    def save_accounts(self, accounts: AccountsFile) -> None:
+        self._stores.saved.write(accounts)
+        self._accounts = accounts
+
+    def _follow_codex(self, ours: Credentials, theirs: Credentials | None) -> None:
+        """The Codex CLI signed in to another account (the one that was active is kept as a saved
+        account), or signed out (the active login ends; the saved ones stay)."""
+        try:
+            accounts = self.accounts
+        except ConfigError:
+            return  # a damaged accounts file is left as it is; the login itself still follows
+        saved = list(accounts.saved)
+        active = None
+        if theirs is not None:
+            saved = [a for a in saved if not same_account(a.credentials, theirs)]  # a stale copy
+            saved.append(SavedAccount(accounts.active or default_name(ours), ours))
+            active = unique_name(default_name(theirs), [a.name for a in saved])
+        self.save_accounts(AccountsFile(active=active, saved=tuple(saved)))
 
     def commit(self) -> None:
         """At the end of a transaction that raised nothing: stores found apart and not saved to
@@ -217,6 +246,8 @@ class SyncedTransaction:
         if fingerprint(ours) != fingerprint(theirs):
             if which == "auth.json":
                 stores.config.write(newest)
+                if ours is not None and (newest is None or not same_account(ours, newest)):
+                    self._follow_codex(ours, newest)
                 ours = newest
             else:
                 theirs = newest if newest is None or can_hold(newest) else None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from webapp.views import device, pages
+from webapp.views import accounts, device, pages
 from webapp.views.pages import start_login
 
 router = APIRouter()
 router.include_router(pages.router)
 router.include_router(device.router)
+router.include_router(accounts.router)
 
 __all__ = ["router", "start_login"]

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from webapp.checks import config_warnings
-from webapp.credentials import Credentials, status_report, validate_api_key
+from webapp.credentials import Credentials, account_name, status_report, validate_api_key
 from webapp.errors import AccessDenied, ConfigError, PortalError
 from webapp.humanize import format_utc
-from webapp.oauth import authorization_url, exchange_code
+from webapp.oauth import LoginRequest, authorization_url, exchange_code
 from webapp.portal import Portal
 from webapp.provider import clean_text
 from webapp.security import Session
@@ -61,8 +61,16 @@ async def _render_status(
         creds, codex = await current_view(portal)
     except ConfigError as exc:
         config_error = exc.message
+    accounts = []
+    if config_error is None:
+        try:
+            accounts = await asyncio.to_thread(portal.account.accounts)
+        except ConfigError as exc:
+            config_error = exc.message
     context = {
         "creds": creds,
+        "accounts": accounts,
+        "saved_accounts": [entry for entry in accounts if not entry.active],
         "codex": codex,
         "status": status_report(creds, config_path=str(portal.settings.config_path)),
         "config_error": config_error,
@@ -90,16 +98,21 @@ async def api_status(request: Request) -> Response:
 
 @router.post("/login", name="login_start")
 async def login_start(request: Request) -> Response:
-    await checked_form(request)
+    session, form = await checked_form(request)
     portal = portal_of(request)
-    url = await start_login(portal)
+    try:
+        name = account_name(form["account_name"]) if form.get("account_name", "").strip() else None
+    except PortalError as exc:
+        return await _render_status(request, session, form_error=exc.message, status_code=400)
+    signed_in = await asyncio.to_thread(portal.account.load) is not None
+    url = await start_login(portal, LoginRequest(name=name, choose=signed_in))
     return RedirectResponse(url, status_code=303)
 
 
-async def start_login(portal: Portal) -> str:
+async def start_login(portal: Portal, request: LoginRequest | None = None) -> str:
     """A new pending sign-in and the provider URL that begins it."""
     metadata = await portal.discover()
-    return authorization_url(metadata, portal.logins.new(portal.settings))
+    return authorization_url(metadata, portal.logins.new(portal.settings, request))
 
 
 @router.get("/auth/callback", name="login_callback")
@@ -127,7 +140,7 @@ async def login_callback(request: Request) -> Response:
         if not code:
             raise PortalError("The provider sent no authorization code. Nothing was changed.")
         creds = await exchange_code(portal.account.providers.get(login.issuer), login, code)
-        await portal.account.sign_in(creds)
+        await portal.account.sign_in(creds, name=login.request.name)
     except PortalError as exc:
         return _finish(request, None, f"Sign-in failed: {exc.message}")
     return _finish(request, creds, signed_in_message(creds.email))
@@ -172,9 +185,10 @@ async def api_key_save(request: Request) -> Response:
     portal = portal_of(request)
     try:
         key = validate_api_key(form.get("api_key", ""))
+        name = account_name(form["account_name"]) if form.get("account_name", "").strip() else None
     except PortalError as exc:
         return await _render_status(request, session, form_error=exc.message, status_code=400)
-    creds = await portal.account.save_key(key)
+    creds = await portal.account.save_key(key, name=name)
     hint = f" {creds.api_key_hint}" if creds.api_key_hint else ""
     session.flash(f"API key{hint} saved. The Codex CLI will use it.", "success")
     return home()
