@@ -572,3 +572,34 @@ def test_cli_symlink_to_a_device_is_not_replaced(home: Path) -> None:
     after = without_lock(snapshot(home))
     assert after == before, after
     assert "not a regular file" in assert_one_line_error(result)
+
+
+# ---- reading needs no write access and creates nothing ----------------------------------------------
+def test_a_read_only_home_can_be_read_and_a_no_op_needs_no_lock(home: Path) -> None:
+    """`token`, `status`, `logout` with nothing to do and saving the key already saved: no lock file,
+    no write; a write that cannot happen says why in one line."""
+    saved = run_cli(home, f"{OLD_KEY}\n".encode())  # in step: auth.json written while writable
+    assert saved.returncode == 0, saved.stderr
+    for lock in home.glob("*.lock"):
+        lock.unlink()
+    before = snapshot(home)
+    with read_only_mount(home):
+        token = run_cli(home, b"", "token")
+        status = run_cli(home, b"", "status")
+        again = run_cli(home, f"{OLD_KEY}\n".encode())
+        other = run_cli(home, f"{VALID_KEY}\n".encode())
+    assert token.returncode == 0 and token.stdout == f"{OLD_KEY}\n", token.stderr
+    assert status.returncode == 0 and "sk-…wxyz" in status.stdout
+    assert again.returncode == 0, again.stderr
+    line = assert_one_line_error(other)
+    assert "read-only file system" in line and VALID_KEY not in line
+    assert snapshot(home) == before
+
+
+def test_reading_a_home_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "x" / "typo"
+    for args in (("token",), ("status",), ("logout",), ("accounts",)):
+        done = run_cli(typo, b"", *args)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
+    assert run_cli(typo, b"", "token").stderr.startswith("Error: not signed in")

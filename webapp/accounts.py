@@ -138,6 +138,8 @@ class Account:
 
     async def save_key(self, key: str, *, name: str | None = None) -> Credentials:
         creds = Credentials.key(key)
+        if name is None and await asyncio.to_thread(self.load) == creds:
+            return creds  # already the active key: nothing to write (a read-only home works too)
         await self.sign_in(creds, name=name)
         return creds
 
@@ -164,8 +166,8 @@ class Account:
     async def sign_out(self, name: str | None = None, *, everything: bool = False) -> SignOut:
         """Sign out of the active account (default), of the saved account `name`, or of all:
         removed locally first (so a hung provider cannot keep anyone signed in), then revoked."""
-        if not self.settings.codex_home.is_dir():
-            return SignOut(previous=None, revoked=None)  # nothing to sign out of; create nothing
+        if not await asyncio.to_thread(self._anything_to_remove, name, everything):
+            return SignOut(previous=None, revoked=None)  # nothing to sign out of: create nothing
         removed = await asyncio.to_thread(self._remove, name, everything)
         revoked: bool | None = None
         for creds in removed:
@@ -173,6 +175,13 @@ class Account:
             if outcome is not None:
                 revoked = outcome if revoked is None else revoked and outcome
         return SignOut(previous=removed[0] if removed else None, revoked=revoked, count=len(removed))
+
+    def _anything_to_remove(self, name: str | None, everything: bool) -> bool:
+        if not self.settings.codex_home.is_dir():
+            return False
+        if name is None and not everything:
+            return self.load() is not None
+        return True  # a name: the transaction says which account, or that there is none
 
     def _remove(self, name: str | None, everything: bool) -> list[Credentials]:
         with self.stores.transaction() as tx:
@@ -261,6 +270,14 @@ class Account:
         looked, which `seen_access_token` tells. The locks are held in a worker thread while the
         exchange runs on this loop.
         """
+        if not force:
+            # Most calls need no refresh: answered from a read that locks and writes nothing (a
+            # read-only CODEX_HOME works, and a mistyped one is not created).
+            seen = await asyncio.to_thread(self.load)
+            if seen is None:
+                raise NotSignedIn()
+            if seen.method != "oauth" or not needs_refresh(seen):
+                return seen
         loop = asyncio.get_running_loop()
 
         def locked() -> Credentials:
