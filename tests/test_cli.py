@@ -250,7 +250,10 @@ def test_a_codex_home_that_cannot_be_a_folder_is_named(
     afile.write_text("not a folder\n")
     for home, message in (
         (afile, f"Error: {afile} is not a folder: CODEX_HOME must name a folder\n"),
-        (afile / "codex", f"Error: cannot create the folder {afile / 'codex'}: not a directory\n"),
+        (
+            afile / "codex",
+            f"Error: {afile} is not a folder, so CODEX_HOME ({afile / 'codex'}) cannot be made inside it\n",
+        ),
     ):
         monkeypatch.setenv("CODEX_HOME", str(home))
         monkeypatch.setattr(sys, "stdin", io.StringIO(KEY))

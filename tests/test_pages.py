@@ -314,12 +314,14 @@ def _status_form_error(stage: Stage) -> Shown:
     page.get_by_label("API key", exact=True).fill("sk-has a space")
     with page.expect_response(lambda response: response.request.method == "POST") as posted:
         page.get_by_role("button", name="Save API key").click()
-    assert posted.value.status == 400
+    assert posted.value.status == 303  # then the page, by a redirect
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.get_by_role("alert")).to_contain_text("only visible ASCII characters")
     expect(page.locator("#api_key_error")).to_contain_text("only visible ASCII characters")
     field = page.get_by_label("API key", exact=True)
     expect(field).to_have_attribute("aria-invalid", "true")
     expect(field).to_have_accessible_description(re.compile("only visible ASCII characters"))
-    return Shown(watched, 400)
+    return Shown(watched)
 
 
 @_page("status-config-error")

@@ -46,7 +46,7 @@ import uvicorn
 
 from tests.idp import TestProvider
 from tests.portal import PortalServer, settings_for
-from webapp.oauth import PendingLogin
+from webapp.oauth import LoginRequest, PendingLogin
 from webapp.settings import Settings
 from webapp.stores import ConfigTomlStore
 
@@ -277,8 +277,8 @@ def test_no_secret_reaches_a_log_a_page_or_a_url(
         pending: list[PendingLogin] = []
         new_login = portal.logins.new
 
-        def recording_new(settings: Settings) -> PendingLogin:
-            login = new_login(settings)
+        def recording_new(settings: Settings, request: LoginRequest | None = None) -> PendingLogin:
+            login = new_login(settings, request)
             pending.append(login)
             return login
 

@@ -513,8 +513,8 @@ def test_api_key_with_quotes_and_backslashes_round_trips(tmp_path: Path) -> None
         (None, None),
         ("sk-proj-abcdefghwxyz", "sk-…wxyz"),
         ("abcdefghijklwxyz", "…wxyz"),
-        ("sk-short", "…"),
-        ("abcdefghijklmno", "…"),
+        ("sk-short", "… (8 characters)"),
+        ("abcdefghijklmno", "… (15 characters)"),
     ],
 )
 def test_api_key_hint(key: str | None, hint: str | None) -> None:

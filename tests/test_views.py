@@ -45,14 +45,21 @@ def test_api_key_is_saved_masked_and_signed_out(browser_client: TestClient, conf
     assert "Signed out" in browser_client.get("/").text
 
 
-def test_bad_api_key_rerenders_the_form(browser_client: TestClient, config_path: Path) -> None:
+def test_bad_api_key_is_refused_at_the_top_and_under_the_field(
+    browser_client: TestClient, config_path: Path
+) -> None:
     for bad in ("", "   ", "sk-abc\n[evil]", "sk-\u202eabc", "k" * 600, "sk-a\x00b"):
         response = browser_client.post(
             "/api-key", data={"csrf_token": csrf_token(browser_client), "api_key": bad}
         )
-        assert response.status_code == 400, bad
-        assert 'aria-invalid="true"' in response.text
-        assert "[evil]" not in response.text
+        assert response.status_code == 303 and response.headers["location"] == "/", (
+            bad
+        )  # a reload posts nothing
+        page = browser_client.get("/").text
+        assert 'role="alert"' in page and '<a href="#api_key">Correct it below.</a>' in page
+        assert 'aria-invalid="true" aria-describedby="api_key_error"' in page
+        assert "[evil]" not in page
+        assert 'aria-invalid="true"' not in browser_client.get("/").text  # shown once
     assert not config_path.exists()
 
 

@@ -138,7 +138,7 @@ class Account:
 
     async def save_key(self, key: str, *, name: str | None = None) -> Credentials:
         creds = Credentials.key(key)
-        if name is None and await asyncio.to_thread(self.load) == creds:
+        if name is None and (await asyncio.to_thread(self.view, sync=False))[0] == creds:
             return creds  # already the active key: nothing to write (a read-only home works too)
         await self.sign_in(creds, name=name)
         return creds
@@ -180,7 +180,7 @@ class Account:
         if not self.settings.codex_home.is_dir():
             return False
         if name is None and not everything:
-            return self.load() is not None
+            return self.view(sync=False)[0] is not None
         return True  # a name: the transaction says which account, or that there is none
 
     def _remove(self, name: str | None, everything: bool) -> list[Credentials]:
@@ -273,7 +273,7 @@ class Account:
         if not force:
             # Most calls need no refresh: answered from a read that locks and writes nothing (a
             # read-only CODEX_HOME works, and a mistyped one is not created).
-            seen = await asyncio.to_thread(self.load)
+            seen, _ = await asyncio.to_thread(self.view, sync=False)
             if seen is None:
                 raise NotSignedIn()
             if seen.method != "oauth" or not needs_refresh(seen):

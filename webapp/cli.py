@@ -28,6 +28,14 @@ where things are read from (first found wins):
                 defaults
   port          --port, then CODEX_PORTAL_PORT, then 1455
 """
+STATUS_EXIT_CODES = """\
+exit codes:
+  0  signed in (an API key, or OAuth that is valid or can be refreshed)
+  1  not signed in, expired with no way to refresh, or an error (a file that
+     cannot be read: with --json the object then carries an "error" key)
+  2  usage error
+
+"""
 NO_KEY_IN_ARGV = (
     "an API key is never taken from the command line (other users can read it there): "
     "run `codex-portal login --api-key` and paste it at the prompt, or pipe it in"
@@ -63,9 +71,13 @@ def _provider_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser
     return parser
 
 
-def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+def _command(sub: Any, name: str, help: str, epilog: str = "") -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        name,
+        help=help,
+        description=help[:1].upper() + help[1:] + ".",
+        epilog=epilog + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--no-codex-sync",
@@ -117,7 +129,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
         metavar="EMAIL",
         help="the account to sign in to (the provider is told; another is refused)",
     )
-    status = _command(sub, "status", "show the login; exit 0 when signed in, 1 when not")
+    status = _command(sub, "status", "show the login and what the Codex CLI sees", STATUS_EXIT_CODES)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _command(sub, "token", "print a valid access token (or the API key), refreshing it first if needed")
     logout = _command(sub, "logout", "revoke (best effort) and remove an account (the active one by default)")
@@ -132,6 +144,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0].startswith("-") and args_list[0] not in TOP_LEVEL_FLAGS:
+        given = [word for word in args_list if word in COMMANDS]
+        if given:  # `codex-portal --json status` is `codex-portal status --json`
+            args_list.remove(given[0])
+            args_list.insert(0, given[0])
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in TOP_LEVEL_FLAGS):
         args_list.insert(0, "serve")  # `codex-portal --port 1456` serves
     parser, commands = build_parser()
@@ -286,13 +303,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from webapp.credentials import status_report
     from webapp.stores import open_stores
 
-    creds, codex = open_stores(settings).view()
+    try:
+        creds, codex = open_stores(settings).view()
+    except PortalError as exc:
+        if args.json:  # the object still comes, with the reason: scripts need not parse stderr
+            import json
+
+            print(
+                json.dumps(
+                    {"signed_in": False, "error": exc.message, "config_path": str(settings.config_path)}
+                )
+            )
+        raise
     report = status_report(creds, config_path=str(settings.config_path), codex_cli=codex.report())
     code = 0 if report["signed_in"] else 1
     if args.json:
         import json
 
-        print(json.dumps(report))
+        print(json.dumps(report, ensure_ascii=False))
         return code
     if creds is None:
         print(f"Not signed in. (config: {settings.config_path})")
@@ -309,6 +337,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
             left = format_time_left(creds.expires_at - int(time.time()))
             print(f"  access token expires {format_utc(creds.expires_at)} ({left})")
+            if report["expired"] and report["signed_in"]:
+                print("  it is refreshed on its next use (`codex-portal token`, the portal, or `codex`)")
         print(f"  config: {settings.config_path}")
     print(f"  Codex CLI: {codex.summary()}")
     return code

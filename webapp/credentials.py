@@ -80,7 +80,7 @@ class Credentials:
         if self.api_key is None:
             return None
         if len(self.api_key) < 16:
-            return "…"
+            return f"… ({len(self.api_key)} characters)"  # too short to show any of it
         return ("sk-…" if self.api_key.startswith("sk-") else "…") + self.api_key[-4:]
 
     def expired(self, now: float | None = None) -> bool:

@@ -37,6 +37,8 @@ def read_text(path: Path) -> tuple[Identity | None, str]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, ""
+    except NotADirectoryError:
+        raise not_a_folder(path.parent) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {reason(exc)}") from None
     st = os.fstat(fd)
@@ -55,6 +57,14 @@ def read_text(path: Path) -> tuple[Identity | None, str]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{path} is not UTF-8 text (line {line})") from None
+
+
+def not_a_folder(home: Path) -> ConfigError:
+    """CODEX_HOME, or a folder above it, is a file."""
+    blocker = next((p for p in (home, *home.parents) if p.exists() and not p.is_dir()), home)
+    if blocker == home:
+        return ConfigError(f"{home} is not a folder: CODEX_HOME must name a folder")
+    return ConfigError(f"{blocker} is not a folder, so CODEX_HOME ({home}) cannot be made inside it")
 
 
 def make_dirs(directory: Path) -> None:
@@ -108,16 +118,23 @@ def locked(lock_path: Path, *, timeout: float, what: Path) -> Iterator[None]:
     """An exclusive flock on a sidecar lock file (created 0600), the lock other tools take too.
 
     `what` names the file the lock guards, for the messages. The folder is created (0700) first:
-    only writers lock.
+    only writers lock. An existing lock file of ours that others may open is made 0600 (whoever
+    can open it can take the lock); when the lock cannot be had, the message names its holder.
     """
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(lock_path), mode=0o600, timeout=timeout)
     try:
         make_dirs(lock_path.parent)
+        with suppress(OSError):  # no lock file yet, or a read-only file system: nothing to tighten
+            st = os.lstat(lock_path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.chmod(lock_path, 0o600)
         lock.acquire()
     except Timeout:
-        raise ConfigError(f"{what} is locked by another process") from None
+        from webapp.peers import lock_holder
+
+        raise ConfigError(f"{what} is locked by another process{lock_holder(lock_path)}") from None
     except OSError as exc:
         raise ConfigError(f"cannot lock {lock_path}: {reason(exc)}") from None
     try:

@@ -66,7 +66,8 @@ class SecurityMiddleware:
             await _plain(send, 403, "Cross-origin request refused.")
         else:
             await self.app(scope, receive, send)
-        access_log.info('"%s %s" %d', scope["method"], scope["path"], status_holder[0])
+        if not scope["path"].startswith("/static/") or status_holder[0] >= 400:
+            access_log.info('"%s %s" %d', scope["method"], scope["path"], status_holder[0])  # pages, actions
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         """security_headers(), rebuilt only when the form-action origins change."""
@@ -137,9 +138,14 @@ class Session:
     csrf_token: str = field(repr=False)
     created: float
     flashes: list[tuple[str, str]] = field(default_factory=list)  # (kind, text)
+    form_error: tuple[str, str] | None = None  # (field id, message), shown once after a redirect
 
     def flash(self, text: str, kind: str = "info") -> None:
         self.flashes.append((kind, text))
+
+    def take_form_error(self) -> tuple[str, str] | None:
+        error, self.form_error = self.form_error, None
+        return error
 
     def take_flashes(self) -> list[tuple[str, str]]:
         flashes, self.flashes = self.flashes, []

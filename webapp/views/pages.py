@@ -51,9 +51,14 @@ async def status_page(request: Request) -> Response:
     return await _render_status(request, session)
 
 
-async def _render_status(
-    request: Request, session: Session, *, form_error: str | None = None, status_code: int = 200
-) -> Response:
+def _refuse_form(session: Session, field_id: str, message: str) -> Response:
+    """A form the person must correct: the page, reached by a redirect (a reload posts nothing
+    again), says why at the top and under the field."""
+    session.form_error = (field_id, message[:1].upper() + message[1:].rstrip(".") + ".")
+    return home()
+
+
+async def _render_status(request: Request, session: Session) -> Response:
     portal = portal_of(request)
     config_error = None
     creds = codex = None
@@ -76,7 +81,7 @@ async def _render_status(
         "config_error": config_error,
         "csrf_token": session.csrf_token,
         "flashes": session.take_flashes(),
-        "form_error": form_error,
+        "form_error": session.take_form_error(),
         "now": int(time.time()),
         "settings": portal.settings,
         "seen": _seen_digest(creds.access_token) if creds else "",
@@ -84,7 +89,7 @@ async def _render_status(
         and not portal.metadata.device_authorization_endpoint,
         "warnings": config_warnings(portal.settings.config_path, codex=codex),
     }
-    return render(request, "status.html", context, status_code)
+    return render(request, "status.html", context)
 
 
 @router.get("/api/status", name="api_status")
@@ -103,7 +108,7 @@ async def login_start(request: Request) -> Response:
     try:
         name = account_name(form["account_name"]) if form.get("account_name", "").strip() else None
     except PortalError as exc:
-        return await _render_status(request, session, form_error=exc.message, status_code=400)
+        return _refuse_form(session, "login_account_name", exc.message)
     signed_in = await asyncio.to_thread(portal.account.load) is not None
     url = await start_login(portal, LoginRequest(name=name, choose=signed_in))
     return RedirectResponse(url, status_code=303)
@@ -185,9 +190,12 @@ async def api_key_save(request: Request) -> Response:
     portal = portal_of(request)
     try:
         key = validate_api_key(form.get("api_key", ""))
+    except PortalError as exc:
+        return _refuse_form(session, "api_key", exc.message)
+    try:
         name = account_name(form["account_name"]) if form.get("account_name", "").strip() else None
     except PortalError as exc:
-        return await _render_status(request, session, form_error=exc.message, status_code=400)
+        return _refuse_form(session, "key_account_name", exc.message)
     creds = await portal.account.save_key(key, name=name)
     hint = f" {creds.api_key_hint}" if creds.api_key_hint else ""
     session.flash(f"API key{hint} saved. The Codex CLI will use it.", "success")
