@@ -328,8 +328,15 @@ def _status_form_error(stage: Stage) -> Shown:
 def _status_config_error(stage: Stage) -> Shown:
     stage.write(USER_FILE + "[auth\napi_key = 1\n")
     watched = stage.open("/")
-    expect(watched.page.get_by_role("alert")).to_contain_text("is not valid TOML")
-    _heading(watched.page, "Not signed in")
+    page = watched.page
+    expect(page.get_by_role("alert")).to_contain_text("is not valid TOML")
+    full_stop = re.compile(r"column 6\)\. Fix the file by hand:\s+codex-portal")  # a sentence, then the next
+    expect(page.get_by_role("alert")).to_contain_text(full_stop)
+    _heading(page, "Not signed in")
+    for name in ("Sign in", "Sign in with a code", "Save API key"):
+        button = page.get_by_role("button", name=name, exact=True)
+        expect(button).to_be_disabled()  # they would fail: say why instead
+        expect(button).to_have_accessible_description(re.compile("is not valid TOML"))
     return Shown(watched)
 
 
@@ -390,8 +397,9 @@ def _error_403(stage: Stage) -> Shown:
     watched = stage.open("/", session=False)
     _heading(watched.page, "Access refused")
     alert = watched.page.get_by_role("alert")
-    expect(alert).to_contain_text("needs the link that codex-portal printed in the terminal")
-    expect(alert).to_contain_text(f"it starts with {stage.base_url}/")
+    # The stage's portal had its link opened already, in another browser context: this one is refused.
+    expect(alert).to_contain_text("The link that codex-portal printed was already used, in another browser")
+    expect(alert).to_contain_text("Restart codex-portal for a new link.")
     return Shown(watched, 403)
 
 

@@ -4,7 +4,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import LAUNCH_TOKEN, PORT, csrf_token
+from webapp.app import create_app
 from webapp.security import Sessions
+from webapp.settings import Settings
 
 ACTIONS = ["/login", "/api-key", "/logout"]
 HEADERS = {
@@ -140,3 +142,23 @@ def test_sessions_expire_and_are_bounded() -> None:
     assert sessions.redeem("t") is None
     now[0] += 13 * 3600
     assert sessions.get(first) is None
+
+
+def test_the_403_page_says_where_the_link_was_opened(settings: Settings) -> None:
+    """Opened on 127.0.0.1, then visited on localhost: the page names where the session is; the
+    same address in a browser without the cookie: the link was used, restart for a new one."""
+    app = create_app(settings, launch_token=LAUNCH_TOKEN)
+    numeric = TestClient(app, base_url=f"http://127.0.0.1:{PORT}", follow_redirects=False)
+    named = TestClient(app, base_url=f"http://localhost:{PORT}", follow_redirects=False)
+    with numeric, named:
+        assert "Open that link in this browser" in named.get("/").text  # nothing opened yet
+        assert numeric.get(f"/?token={LAUNCH_TOKEN}").status_code == 303
+        elsewhere = named.get("/")
+        assert elsewhere.status_code == 403
+        assert f"was opened at http://127.0.0.1:{PORT}/" in elsewhere.text
+        assert f"(This is http://localhost:{PORT}/.)" in elsewhere.text
+        numeric.cookies.clear()
+        again = numeric.get("/")
+        assert (
+            again.status_code == 403 and "already used" in again.text and "Restart codex-portal" in again.text
+        )

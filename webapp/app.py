@@ -37,6 +37,7 @@ templates.env.auto_reload = False  # packaged templates: no stat() of each on ev
 templates.env.filters["utc"] = format_utc
 templates.env.filters["time_left"] = format_time_left
 templates.env.filters["iso"] = format_iso
+templates.env.filters["sentence"] = lambda text: text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 def create_app(

@@ -36,6 +36,7 @@ class Portal:
     form_action_origins: set[str] = field(default_factory=set)
     metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
     device: DeviceLogin | None = None
+    opened_at: str | None = None  # host:port where the printed link was opened (for the 403 page)
 
     def note_provider_origin(self, url: str) -> None:
         parts = urlsplit(url)

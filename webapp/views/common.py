@@ -14,11 +14,28 @@ from webapp.portal import Portal
 from webapp.security import Session
 from webapp.stores.sync import CodexView
 
-NO_SESSION = (
-    "This page needs the link that codex-portal printed in the terminal (it starts with "
-    "http://localhost:{port}/; a session opened there does not carry over to 127.0.0.1). "
-    "Open that link, or restart codex-portal for a new one."
-)
+
+def no_session(request: Request) -> str:
+    """Why this browser has no session here, and what to do: it depends on where (and whether)
+    the printed link was opened."""
+    portal = portal_of(request)
+    port = portal.settings.port
+    here = request.headers.get("host", f"localhost:{port}")
+    if portal.opened_at is None:
+        return (
+            "This page needs the link that codex-portal printed in the terminal "
+            f"(http://localhost:{port}/?token=…). Open that link in this browser."
+        )
+    if portal.opened_at != here:
+        return (
+            f"The link that codex-portal printed was opened at http://{portal.opened_at}/, and a session "
+            f"belongs to the address it was opened at: go to http://{portal.opened_at}/ in the browser "
+            f"where you opened it. (This is http://{here}/.)"
+        )
+    return (
+        "The link that codex-portal printed was already used, in another browser or before this one's "
+        "cookies were cleared. Restart codex-portal for a new link."
+    )
 
 
 def portal_of(request: Request) -> Portal:
@@ -38,7 +55,7 @@ def session_of(request: Request) -> Session | None:
 def require_session(request: Request) -> Session:
     session = session_of(request)
     if session is None:
-        raise AccessDenied(NO_SESSION.format(port=portal_of(request).settings.port))
+        raise AccessDenied(no_session(request))
     return session
 
 

@@ -46,6 +46,7 @@ async def status_page(request: Request) -> Response:
         response = home()  # the token leaves the address bar
         if session_id is not None:
             response.set_cookie(cookie_name(portal), session_id, httponly=True, samesite="lax", path="/")
+            portal.opened_at = request.headers.get("host")
         return response
     session = require_session(request)
     return await _render_status(request, session)
@@ -217,8 +218,9 @@ async def token_refresh(request: Request) -> Response:
     except PortalError as exc:
         session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")  # "Could not refresh: ..."
         return home()
-    left = f" It expires {format_utc(fresh.expires_at)}." if fresh.expires_at else ""
-    session.flash(f"Access token refreshed.{left}", "success")
+    now = time.strftime("%H:%M:%S UTC", time.gmtime())
+    left = f" The new one expires {format_utc(fresh.expires_at)}." if fresh.expires_at else ""
+    session.flash(f"Access token refreshed just now ({now}).{left}", "success")
     return home()
 
 
