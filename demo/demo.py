@@ -2,12 +2,14 @@
 
     make demo                       # = python demo/demo.py (after `make install provider`)
     python demo/demo.py --no-browser --port 1456 --codex-home /tmp/codex-demo
+    python demo/demo.py --fresh     # a throwaway CODEX_HOME, removed at the end
 
-It starts the test provider of the suite (npm oidc-provider on 127.0.0.1, any name and password sign
-in; see tests/idp.py), then `codex-portal serve` pointed at it with CODEX_HOME in a throwaway folder
-(removed at the end) unless --codex-home is given, so your own ~/.codex is never touched. It prints
-the portal's one-time link (and the portal opens it in your browser unless --no-browser), tells you
-when the config file changes (key names only, never values), and stops both on Ctrl-C.
+It starts the test provider of the suite (npm oidc-provider on 127.0.0.1:1459, any name and password
+sign in; see tests/idp.py), then `codex-portal serve` pointed at it, with CODEX_HOME in the demo's own
+folder (~/.local/state/codex-portal-demo, kept between runs: the same provider address and the same
+folder each time, so a printed `export` line stays good), so your own ~/.codex is never touched. It
+prints the portal's one-time link (and the portal opens it in your browser unless --no-browser),
+tells you when the config file changes (key names only, never values), and stops both on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tests.idp import PROVIDER_DIR, ProviderError, TestProvider  # noqa: E402
 START_TIMEOUT = 30.0  # seconds for the portal to print its link
 STOP_TIMEOUT = 5.0  # seconds for the portal to stop before it is killed
 WATCH_INTERVAL = 0.5  # seconds between looks at the config file
+PROVIDER_PORT = 1459  # the same each run, so the provider's address (the issuer) does not change
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=1455, help="the portal's port (default 1455)")
     parser.add_argument(
+        "--provider-port",
+        type=int,
+        default=PROVIDER_PORT,
+        help=f"the test provider's port (default {PROVIDER_PORT}, the same every run; 0: any free port)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--codex-home",
         type=Path,
-        help="keep the config file in this folder (default: a throwaway folder, removed at the end)",
+        help="keep the config file in this folder (default: ~/.local/state/codex-portal-demo)",
     )
+    where.add_argument("--fresh", action="store_true", help="use a throwaway CODEX_HOME, removed at the end")
     parser.add_argument("--no-browser", action="store_true", help="print the link only")
     return parser
 
@@ -70,19 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         with ExitStack() as stack:  # undone in reverse: the portal, the provider, the folder, the message
-            kept = args.codex_home is not None
+            kept = not args.fresh
             stack.callback(
                 say,
                 "\nStopped the portal and the test provider"
                 + ("." if kept else "; removed the throwaway folder."),
             )
-            if args.codex_home is None:
+            if args.fresh:
                 codex_home = Path(
                     stack.enter_context(tempfile.TemporaryDirectory(prefix="codex-portal-demo-"))
                 )
             else:
-                codex_home = args.codex_home.expanduser().resolve()
-            provider = TestProvider()
+                codex_home = (args.codex_home or _demo_home()).expanduser().resolve()
+                codex_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            provider = TestProvider(extra_env={"IDP_PORT": str(args.provider_port)})
             stack.callback(provider.stop)  # registered first: a Ctrl-C during its start stops it too
             provider.start()
             config = codex_home / "config.toml"
@@ -90,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say()
             say(f"  Test provider: {provider.issuer}  (any name and any password sign in)")
             say(f"  Config file:   {config}")
-            where = "kept after the demo" if kept else "a throwaway CODEX_HOME, removed at the end"
+            where = "kept between runs" if kept else "a throwaway CODEX_HOME, removed at the end"
             say(f"                 ({where}; your own ~/.codex is not touched)")
             say()
             _warn_about_an_earlier_provider(config, provider.issuer)
@@ -102,8 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _demo_home() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "codex-portal-demo"
+
+
 def _warn_about_an_earlier_provider(config: Path, issuer: str) -> None:
-    """A kept CODEX_HOME may hold tokens of an earlier demo, whose provider (another port) is gone."""
+    """A kept CODEX_HOME may hold tokens of an earlier demo run, which its provider has forgotten."""
     try:
         auth = tomllib.loads(config.read_text(encoding="utf-8")).get("auth")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -113,6 +130,10 @@ def _warn_about_an_earlier_provider(config: Path, issuer: str) -> None:
         say(f"Note: the config file holds a sign-in from another provider ({earlier}); Refresh goes")
         say("there, and an earlier demo's provider is gone by now. Sign in again here (or Sign out)")
         say("to start afresh.")
+        say()
+    elif isinstance(earlier, str):
+        say("Note: the config file holds a sign-in from an earlier run. The test provider forgets its")
+        say("sign-ins when it stops, so Refresh will say the session expired: sign in again.")
         say()
 
 
@@ -135,6 +156,7 @@ def _run_portal(args: argparse.Namespace, provider: TestProvider, codex_home: Pa
         CODEX_HOME=str(codex_home),
         CODEX_PORTAL_ISSUER=provider.issuer,
         CODEX_PORTAL_CLIENT_ID=provider.client_id,
+        CODEX_PORTAL_PORT=str(args.port),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )
     command = [sys.executable, "-m", "webapp", "serve", "--port", str(args.port)]  # = codex-portal serve
@@ -155,7 +177,7 @@ def _run_portal(args: argparse.Namespace, provider: TestProvider, codex_home: Pa
             if before is not None:
                 say(f"{config.name} now: {_describe(config)}")
                 say()
-            names = ("CODEX_HOME", "CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID")
+            names = ("CODEX_HOME", "CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID", "CODEX_PORTAL_PORT")
             exports = "export " + " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
             _show_instructions(url, config, opened=not args.no_browser, cli_environment=exports)
             _watch(portal, config, before)

@@ -95,7 +95,7 @@ class _Demo:
 def _run_demo(*args: str, env: dict[str, str]) -> Iterator[_Demo]:
     """The demo in its own session, as a terminal runs a command; killed with its session at the end."""
     process = subprocess.Popen(
-        [sys.executable, str(DEMO), "--no-browser", *args],
+        [sys.executable, str(DEMO), "--no-browser", "--provider-port", str(free_port()), *args],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -189,7 +189,7 @@ def _sign_in(port: int, launch_url: str, issuer: str) -> None:
 def test_demo_signs_in_into_a_throwaway_codex_home_and_ctrl_c_stops_both(tmp_path: Path) -> None:
     env = _demo_env(tmp_path)
     port = free_port()
-    with _run_demo("--port", str(port), env=env) as demo:
+    with _run_demo("--port", str(port), "--fresh", env=env) as demo:
         issuer = demo.value("Test provider:")
         config = Path(demo.value("Config file:"))
         url = demo.launch_url(port)
@@ -215,6 +215,7 @@ def test_demo_signs_in_into_a_throwaway_codex_home_and_ctrl_c_stops_both(tmp_pat
             "CODEX_HOME": str(config.parent),
             "CODEX_PORTAL_ISSUER": issuer,
             "CODEX_PORTAL_CLIENT_ID": "codex-portal-test",
+            "CODEX_PORTAL_PORT": str(port),
         }
         status = subprocess.run(
             [sys.executable, "-m", "webapp", "status"],
@@ -351,3 +352,50 @@ def test_portal_pressing_ctrl_c_twice_prints_no_traceback(tmp_path: Path) -> Non
         process.stderr.close()
     assert "Interrupted." in err.rest()
     assert "Traceback" not in err.rest(), err.rest()
+
+
+def test_demo_runs_again_on_the_same_folder_and_provider_address(tmp_path: Path) -> None:
+    """Lost the tab? Run the demo again: the same CODEX_HOME (under the person's HOME, not ~/.codex),
+    the same provider address, so the printed `export` line still holds."""
+    env = _demo_env(tmp_path)
+    provider_port = free_port()
+    seen = []
+    for _ in range(2):
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(DEMO),
+                "--no-browser",
+                "--port",
+                str(port),
+                "--provider-port",
+                str(provider_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        demo = _Demo(process)
+        try:
+            issuer, config = demo.value("Test provider:"), demo.value("Config file:")
+            demo.launch_url(port)
+            exports = demo.out.wait_for(lambda line: line.strip().startswith("export CODEX_HOME="))
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=STOP_TIMEOUT) == 0, demo.err.rest()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            assert process.stdout is not None and process.stderr is not None
+            process.stdout.close()
+            process.stderr.close()
+        seen.append((issuer, config, exports.replace(str(port), "PORT")))
+        assert f"CODEX_PORTAL_PORT={port}" in exports
+    assert seen[0] == seen[1]
+    assert seen[0][0] == f"http://127.0.0.1:{provider_port}"
+    assert Path(seen[0][1]) == Path(env["HOME"]) / ".local" / "state" / "codex-portal-demo" / "config.toml"
+    assert not (Path(env["HOME"]) / ".codex").exists()
