@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import errno
 import functools
 import html
@@ -113,6 +114,68 @@ def open_in_browser(url: str) -> bool:
     return opened
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one; the soft limit in force after."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    # An infinite hard limit (macOS) is refused: try large finite ones, down to its OPEN_MAX.
+    for wanted in (hard,) if hard != resource.RLIM_INFINITY else (1 << 20, 65536, 10240):
+        if wanted <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            continue
+        return wanted
+    return soft
+
+
+LISTEN_QUEUE = 2048  # connections the kernel queues for accept() (uvicorn's default backlog)
+FD_RESERVE = 32  # descriptors for the process itself: listening sockets, files, calls to the provider
+
+
+def connection_limits(open_files: int, wanted: int) -> tuple[int, int]:
+    """(the cap on open connections, the accept backlog) for a process allowed `open_files`
+    descriptors. Up to `wanted` connections, at most a quarter of the descriptors; asyncio accepts
+    up to a backlog's worth at a time, and about three of those can be in flight before the
+    connections over the cap are closed: the backlog keeps that within the limit."""
+    cap = max(8, min(wanted, open_files // 4))
+    backlog = max(8, min(2048, (open_files - FD_RESERVE - cap) // 3))
+    return cap, backlog
+
+
+PEER_CHECK_ON = "Connections from other users of this machine are refused."
+
+
+def peer_check_off_reason(settings: Settings) -> str | None:
+    """Why the peer check (connections from another uid refused) cannot run; None when it runs."""
+    from webapp import peers
+
+    if settings.allow_remote:
+        return (
+            "with --allow-remote it cannot tell which user a connection comes from (a browser "
+            "outside, or behind a port mapping, is no user of this machine)"
+        )
+    if not peers.available():
+        return "this system does not show which user a connection comes from"
+    return None
+
+
+def peer_check_line(settings: Settings) -> str:
+    reason = peer_check_off_reason(settings)
+    if reason is None:
+        return PEER_CHECK_ON
+    return (
+        f"Note: connections from other users of this machine are NOT refused: {reason}. Another "
+        "user's server on localhost that receives your session cookie can use the portal as you."
+    )
+
+
 def _drop(record: logging.LogRecord) -> bool:
     return False
 
@@ -121,6 +184,9 @@ def _configure_logging(log_requests: bool) -> None:
     # uvicorn's access log prints query strings (launch tokens, codes). access_log=False is not
     # enough inside a process that configures uvicorn's loggers for something else too.
     logging.getLogger("uvicorn.access").addFilter(_drop)
+    from webapp.protocol import ACCEPT_ERRORS
+
+    logging.getLogger("asyncio").addFilter(ACCEPT_ERRORS)  # once a minute, one line
     logger = logging.getLogger("codex_portal")
     if log_requests and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -148,6 +214,11 @@ async def serve_portal(
     from webapp.app import create_app
     from webapp.protocol import PortalProtocol
 
+    open_files = raise_open_files_limit()
+    cap, backlog = connection_limits(open_files, PortalProtocol.max_connections)
+    protocol = PortalProtocol.configured(
+        peer_check=peer_check_off_reason(settings) is None, max_connections=cap
+    )
     sockets = bind_sockets(settings)
     app = create_app(settings, launch_token=launch_token, on_login=on_login)
     if app_ready is not None:
@@ -161,7 +232,8 @@ async def serve_portal(
         server_header=False,
         timeout_graceful_shutdown=2,
         h11_max_incomplete_event_size=16 * 1024,
-        http=PortalProtocol,
+        http=protocol,
+        backlog=backlog,
     )
     _configure_logging(log_requests)
     try:
@@ -185,6 +257,12 @@ async def _run_until_stopped(
             await task
             return
         await asyncio.sleep(0.01)
+    for sock in sockets:
+        # asyncio gave the kernel's queue of connections waiting to be accepted the size of its
+        # accept batch (`backlog`, kept small for the descriptor limit); queued connections hold
+        # no descriptor of ours, so a burst may wait there rather than see its SYNs dropped.
+        with contextlib.suppress(OSError):
+            sock.listen(LISTEN_QUEUE)
     on_ready()
     if stop is None:
         await task
@@ -224,6 +302,7 @@ def run_serve(settings: Settings) -> int:
         )
         if settings.open_browser and not open_in_browser(url):
             print(NO_BROWSER, file=sys.stderr, flush=True)
+        print(peer_check_line(settings), file=sys.stderr, flush=True)
 
     if settings.allow_remote:
         print(
