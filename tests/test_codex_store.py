@@ -439,3 +439,29 @@ def test_another_issuer_or_a_chosen_scope_gets_no_codex_extras() -> None:
     assert not {"id_token_add_organizations", "codex_cli_simplified_flow", "originator"} & set(other)
     chosen = _authorize_query("https://auth.openai.com", scope="openid email")
     assert chosen["scope"] == ["openid email"]
+
+
+def test_sign_out_through_a_symlinked_auth_json_removes_the_secrets(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles" / "codex-auth.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    (home / "auth.json").symlink_to(target)
+    save(home, Credentials.key(KEY))
+    assert KEY in target.read_text()
+    save(home, None)
+    assert not target.exists()  # the credentials are gone, not only the link to them
+    assert (home / "auth.json").is_symlink()  # the person's link stays, for the next sign-in
+    save(home, Credentials.key(OTHER_KEY))
+    assert OTHER_KEY in target.read_text()
+
+
+def test_saving_with_a_broken_auth_json_says_where_it_went(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (home / "auth.json").write_text("{not json")
+    monkeypatch.setenv("CODEX_HOME", str(home))
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(KEY))
+    assert main(["login", "--api-key"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"Saved API key sk-…WXYZ to {home / 'config.toml'} (the Codex CLI ")
+    assert "is not valid JSON" in err and "and " + str(home / "auth.json") not in err

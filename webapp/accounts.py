@@ -216,6 +216,8 @@ class Account:
         """Make a saved account the active one. The active one is put away with its newest tokens
         (perhaps rotated by the Codex CLI since); nothing is revoked; a switched-to account whose
         access token expired is refreshed under the locks."""
+        if not self.settings.codex_home.is_dir():
+            raise PortalError(f"no account named {name}; `codex-portal accounts` lists them")
         loop = asyncio.get_running_loop()
 
         def locked() -> AccountEntry:

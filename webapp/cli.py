@@ -137,7 +137,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
     logout.add_argument("--all", action="store_true", help="every account, active and saved")
     accounts = _command(sub, "accounts", "list the accounts, the active one marked")
     accounts.add_argument("--json", action="store_true", help="print one JSON list")
-    switch = _provider_command(sub, "switch", "make a saved account the active one (nothing is revoked)")
+    switch = _command(sub, "switch", "make a saved account the active one (nothing is revoked)")
     switch.add_argument("name", metavar="NAME", help="the account's name or email")
     return parser, sub.choices
 
@@ -271,9 +271,15 @@ async def _login_device(settings: Settings, name: str | None, expected: str | No
 
 
 def _saved_to(settings: Settings) -> str:
-    if settings.codex_sync:
+    """Where the change went: both files, or config.toml alone (and why auth.json was left)."""
+    if not settings.codex_sync:
+        return str(settings.config_path)
+    from webapp.stores import open_stores
+
+    codex = open_stores(settings).view(sync=False)[1]
+    if codex.store == "file" and codex.problem is None:
         return f"{settings.config_path} and {settings.codex_home / 'auth.json'}"
-    return str(settings.config_path)
+    return f"{settings.config_path} (the Codex CLI {codex.summary()})"
 
 
 def _login_api_key(settings: Settings, name: str | None) -> int:

@@ -53,7 +53,9 @@ class AuthJsonStore(LockedFile):
         try:
             if creds is None:
                 if seen is not None:
-                    os.unlink(self.path)
+                    # Through a symlink, the file it names goes (the secrets are there); the link
+                    # stays, dangling, so the person's setup is kept for the next sign-in.
+                    os.unlink(os.path.realpath(self.path))
                 return
             write_atomic(self.path, json.dumps(_document(data, creds), indent=2))
         except OSError as exc:
