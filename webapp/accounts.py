@@ -21,7 +21,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from webapp.credentials import Credentials, claim_email, default_name, same_account, status_report
 from webapp.errors import ConfigError, NotSignedIn, OAuthError, PortalError, ProviderError, SessionExpired
@@ -119,9 +119,10 @@ class Account:
 
         return asyncio.run(main())
 
-    def accounts(self) -> list[AccountEntry]:
-        """Every account: the active one first (its newest tokens), then the saved ones."""
-        creds, _ = self.stores.view()
+    def accounts(self, active: Credentials | None | Literal[False] = False) -> list[AccountEntry]:
+        """Every account: the active one first (its newest tokens, or `active` when the caller has
+        just read them), then the saved ones (one stat, then the cached parse)."""
+        creds = self.stores.view()[0] if active is False else active
         saved = self.stores.saved.load()
         entries = [AccountEntry(saved.active or default_name(creds), creds, True)] if creds else []
         return entries + [AccountEntry(a.name, a.credentials, False) for a in saved.saved]

@@ -70,7 +70,7 @@ async def _render_status(request: Request, session: Session) -> Response:
     accounts = []
     if config_error is None:
         try:
-            accounts = await asyncio.to_thread(portal.account.accounts)
+            accounts = portal.account.accounts(creds)  # no thread hop: a stat and the cached parse
         except ConfigError as exc:
             config_error = exc.message
     context = {
