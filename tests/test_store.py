@@ -761,3 +761,26 @@ def test_property_hand_written_auth_keeps_everything_else(original: str, steps: 
             assert credentials is None or credentials.method == ("oauth" if step == "oauth" else "api_key")
         assert text.startswith("\ufeff") == original.startswith("\ufeff")
         assert ("\r\n" in text) == ("\r\n" in original)
+
+
+def test_a_symlink_is_resolved_once_per_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link pointed elsewhere between the read and the replace: the file that was read is the
+    one replaced, and the other file is not touched (it would otherwise get the first one's lines)."""
+    import webapp.tomledit
+
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text('model = "first"\n')
+    second.write_text('model = "second"\n')
+    link = tmp_path / "config.toml"
+    link.symlink_to(first)
+    original = webapp.tomledit.edit_auth
+
+    def repointing(path: Path, text: str, values: object) -> str:
+        link.unlink()
+        link.symlink_to(second)  # someone repoints the link while we edit
+        return original(path, text, values)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(webapp.tomledit, "edit_auth", repointing)
+    ConfigTomlStore(link).save_api_key(KEY)
+    assert first.read_text() == f'model = "first"\n\n[auth]\napi_key = "{KEY}"\n'
+    assert second.read_text() == 'model = "second"\n'

@@ -48,16 +48,17 @@ class AuthJsonStore(LockedFile):
         return None if seen is None else self._credentials_of(text)
 
     def write(self, creds: Credentials | None) -> None:
-        seen, text = read_text(self.path)
+        target = Path(os.path.realpath(self.path))  # resolved once: the file read is the one replaced
+        seen, text = read_text(target)
         data = _parse(self.path, text) if seen is not None else {}
         try:
             if creds is None:
                 if seen is not None:
                     # Through a symlink, the file it names goes (the secrets are there); the link
                     # stays, dangling, so the person's setup is kept for the next sign-in.
-                    os.unlink(os.path.realpath(self.path))
+                    os.unlink(target)
                 return
-            write_atomic(self.path, json.dumps(_document(data, creds), indent=2))
+            write_atomic(target, json.dumps(_document(data, creds), indent=2))
         except OSError as exc:
             raise ConfigError(f"cannot write {self.path}: {reason(exc)}") from None
 

@@ -59,16 +59,19 @@ class ConfigTomlStore(LockedFile):
         from webapp.tomledit import edit_auth
 
         values = _values(creds)
-        text = read_text(self.path)[1]
+        # The symlink is resolved once: the file read is the file replaced, even if the link is
+        # pointed elsewhere meanwhile.
+        target = Path(os.path.realpath(self.path))
+        text = read_text(target)[1]
         before = _parse(self.path, text)
         _credentials(self.path, before)  # a key of the wrong type is reported, not overwritten
         new = edit_auth(self.path, text, values)
         _verify(self.path, before, new, values)
         try:
             if new != text:
-                write_atomic(self.path, new)
+                write_atomic(target, new)
             elif creds is not None:
-                os.chmod(os.path.realpath(self.path), 0o600)
+                os.chmod(target, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot write {self.path}: {reason(exc)}") from None
 
