@@ -180,8 +180,11 @@ def test_the_portal_uses_the_tokens_the_codex_cli_rotated(idp: TestProvider, hom
         grant = grant_of(home, idp)
         errors = invalid_grants(idp)
         first = auth_table(home)
-        rotated = refresh_with_codex(home, f"{idp.issuer}/token")["tokens"]
-        assert rotated["refresh_token"] != first["refresh_token"] and refreshes(idp, grant) == 1
+        refresh_with_codex(home, f"{idp.issuer}/token")
+        # The Codex CLI refreshes a 290 s token on every request: it may have done so twice.
+        rotated = read_auth_json(home)["tokens"]
+        assert rotated["refresh_token"] != first["refresh_token"] and refreshes(idp, grant) >= 1
+        codex_refreshes = refreshes(idp, grant)
 
         # The portal's next token is the Codex CLI's (no refresh needed), and [auth] follows.
         done = portal(home, idp, "token")
@@ -193,14 +196,15 @@ def test_the_portal_uses_the_tokens_the_codex_cli_rotated(idp: TestProvider, hom
         answer = browser.post("/refresh", data={"csrf_token": page_csrf(browser)})
         assert answer.status_code == 303
         assert "Access token refreshed" in browser.get("/").text
-        assert refreshes(idp, grant) == 2
+        assert refreshes(idp, grant) == codex_refreshes + 1
         after = read_auth_json(home)["tokens"]
         assert after["refresh_token"] not in (first["refresh_token"], rotated["refresh_token"])
         assert auth_table(home)["refresh_token"] == after["refresh_token"]
 
         # And the Codex CLI goes on from the portal's refresh.
-        again = refresh_with_codex(home, f"{idp.issuer}/token")["tokens"]
-        assert again["refresh_token"] != after["refresh_token"] and refreshes(idp, grant) == 3
+        refresh_with_codex(home, f"{idp.issuer}/token")
+        again = read_auth_json(home)["tokens"]
+        assert again["refresh_token"] != after["refresh_token"] and refreshes(idp, grant) > codex_refreshes + 1
         assert login_status(home) == (0, "Logged in using ChatGPT")
         assert portal(home, idp, "token").stdout.strip() == again["access_token"]
     assert invalid_grants(idp) == errors

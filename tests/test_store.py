@@ -760,7 +760,8 @@ def test_property_hand_written_auth_keeps_everything_else(original: str, steps: 
             assert credentials is None if step == "clear" else credentials is not None
             assert credentials is None or credentials.method == ("oauth" if step == "oauth" else "api_key")
         assert text.startswith("\ufeff") == original.startswith("\ufeff")
-        assert ("\r\n" in text) == ("\r\n" in original)
+        if "\n" in text:  # one line left without its line break has no ending to keep
+            assert ("\r\n" in text) == ("\r\n" in original)
 
 
 def test_a_symlink_is_resolved_once_per_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

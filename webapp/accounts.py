@@ -276,7 +276,7 @@ class Account:
         if not force:
             # Most calls need no refresh: answered from a read that locks and writes nothing (a
             # read-only CODEX_HOME works, and a mistyped one is not created).
-            seen, _ = await asyncio.to_thread(self.view, sync=False)
+            seen, _ = await asyncio.to_thread(self.view)  # in step where the home can be written
             if seen is None:
                 raise NotSignedIn()
             if seen.method != "oauth" or not needs_refresh(seen):

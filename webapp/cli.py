@@ -368,14 +368,14 @@ def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
     if result.previous is None:
         print("Not signed in; nothing to do.", file=sys.stderr)
         return 0
-    what = f"{result.count} accounts" if result.count > 1 else "the account"
+    what = f" of {result.count} accounts" if result.count > 1 else ""
     if result.revoked is False:
         print(
-            f"Signed out of {what}. The provider could not be reached to revoke the refresh token.",
+            f"Signed out{what}. The provider could not be reached to revoke the refresh token.",
             file=sys.stderr,
         )
     else:
-        print(f"Signed out of {what}; removed the credentials from {_saved_to(settings)}.", file=sys.stderr)
+        print(f"Signed out{what}; removed the credentials from {_saved_to(settings)}.", file=sys.stderr)
     return 0
 
 

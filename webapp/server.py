@@ -188,11 +188,12 @@ def _configure_logging(log_requests: bool) -> None:
 
     logging.getLogger("asyncio").addFilter(ACCEPT_ERRORS)  # once a minute, one line
     logger = logging.getLogger("codex_portal")
-    if log_requests and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    if log_requests:
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)  # again: something else in this process may have changed it
 
 
 async def serve_portal(
