@@ -204,7 +204,8 @@ def test_the_portal_uses_the_tokens_the_codex_cli_rotated(idp: TestProvider, hom
         # And the Codex CLI goes on from the portal's refresh.
         refresh_with_codex(home, f"{idp.issuer}/token")
         again = read_auth_json(home)["tokens"]
-        assert again["refresh_token"] != after["refresh_token"] and refreshes(idp, grant) > codex_refreshes + 1
+        assert again["refresh_token"] != after["refresh_token"]
+        assert refreshes(idp, grant) > codex_refreshes + 1
         assert login_status(home) == (0, "Logged in using ChatGPT")
         assert portal(home, idp, "token").stdout.strip() == again["access_token"]
     assert invalid_grants(idp) == errors
