@@ -380,9 +380,9 @@ def test_the_browser_is_sent_a_private_file_not_the_token(tmp_path: Path) -> Non
         f"os.replace({str(record) + '.tmp'!r}, {str(record)!r})\n"
     )
     browser.chmod(0o700)
-    temp = tmp_path / "tmp"
+    temp = tmp_path / "data"  # $XDG_DATA_HOME: the redirect file is under the home, not /tmp
     temp.mkdir()
-    proc = _serve(tmp_path, BROWSER=str(browser), TMPDIR=str(temp))
+    proc = _serve(tmp_path, BROWSER=str(browser), XDG_DATA_HOME=str(temp))
     try:
         url = _first_line(proc)
         token = _launch_token(url)
@@ -396,17 +396,17 @@ def test_the_browser_is_sent_a_private_file_not_the_token(tmp_path: Path) -> Non
     opened = Path(seen["path"])
     assert seen["argv"] == [str(browser), opened.as_uri()]  # only the file:// path
     assert token not in " ".join(seen["cmdline"]) and token not in " ".join(seen["argv"])
-    assert opened.parent.parent == temp and opened.parent.name.startswith("codex-portal-")
+    assert opened.parent == temp / "codex-portal" / "runtime" and opened.name.startswith("open-")
     assert seen["mode"] == 0o600 and seen["dir_mode"] == 0o700
     assert html.escape(url, quote=True) in seen["content"]  # the file leads to the portal
-    assert not opened.parent.exists()  # removed when the portal stopped
+    assert not opened.exists()  # removed when the portal stopped
     assert token not in err and "No web browser could be opened" not in err
 
 
 def test_no_browser_to_open_is_said_and_leaves_no_file(tmp_path: Path) -> None:
-    temp = tmp_path / "tmp"
+    temp = tmp_path / "data"
     temp.mkdir()
-    proc = _serve(tmp_path, BROWSER=str(tmp_path / "no-such-browser"), TMPDIR=str(temp))
+    proc = _serve(tmp_path, BROWSER=str(tmp_path / "no-such-browser"), XDG_DATA_HOME=str(temp))
     try:
         url = _first_line(proc)
         assert proc.stderr is not None
@@ -415,7 +415,7 @@ def test_no_browser_to_open_is_said_and_leaves_no_file(tmp_path: Path) -> None:
         _stop(proc)
     assert url.startswith("http://localhost:")
     assert lines[1] == "No web browser could be opened here: open the link above in yours.\n", lines
-    assert list(temp.iterdir()) == []  # the redirect file went at once, not after a minute
+    assert list((temp / "codex-portal" / "runtime").iterdir()) == []  # gone at once, not after a minute
 
 
 # ---- the callback against the real provider ----------------------------------------------------------

@@ -202,8 +202,8 @@ def test_taken_port_is_a_clear_error(codex_home: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"Error: port {port} is already in use (is codex-portal already running?); "
-        "stop it or choose another with --port"
+        f"Error: port {port} is already in use, by another program or by a codex-portal serving "
+        "another CODEX_HOME (it gives no link to this one); stop it or choose another with --port"
     )
 
 

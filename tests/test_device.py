@@ -175,9 +175,18 @@ def test_bad_device_answers_are_refused(body: dict[str, object]) -> None:
 
 
 def test_no_device_endpoint_says_why() -> None:
+    """No RFC 8628 endpoint, and the Codex CLI's device protocol answers 404 (not there either)."""
     meta = ProviderMetadata(issuer="https://idp.test", authorization_endpoint="a", token_endpoint="t")
+    asked: list[str] = []
+
+    def not_found(request: httpx2.Request) -> httpx2.Response:
+        asked.append(request.url.path)
+        return httpx2.Response(404, json={"error": "not_found"})
+
     with pytest.raises(ProviderError, match="does not offer sign-in with a code"):
-        asyncio.run(start_device_flow(_provider(None, meta), client_id="c", scope="openid"))
+        transport = httpx2.MockTransport(not_found)
+        asyncio.run(start_device_flow(_provider(transport, meta), client_id="c", scope="openid"))
+    assert asked == ["/api/accounts/deviceauth/usercode"]
 
 
 # --- The real provider -------------------------------------------------------------------------

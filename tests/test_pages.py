@@ -342,13 +342,15 @@ def _status_config_error(stage: Stage) -> Shown:
 
 @_page("status-device-unavailable")
 def _status_device_unavailable(stage: Stage) -> Shown:
-    """The provider offers no device authorization endpoint: the button is disabled, and says why."""
+    """The provider offers no device authorization endpoint, and answered 404 to the Codex CLI's
+    device protocol: the button is disabled, and says why."""
     stage.write(USER_FILE)
     portal = stage.scene.server.portal
     assert portal.metadata is not None
     stage.monkeypatch.setattr(
         portal, "metadata", dataclasses.replace(portal.metadata, device_authorization_endpoint=None)
     )
+    stage.monkeypatch.setattr(portal, "device_unavailable", True)
     watched = stage.open("/")
     button = watched.page.get_by_role("button", name="Sign in with a code")
     expect(button).to_be_disabled()
@@ -399,7 +401,7 @@ def _error_403(stage: Stage) -> Shown:
     alert = watched.page.get_by_role("alert")
     # The stage's portal had its link opened already, in another browser context: this one is refused.
     expect(alert).to_contain_text("The link that codex-portal printed was already used, in another browser")
-    expect(alert).to_contain_text("Restart codex-portal for a new link.")
+    expect(alert).to_contain_text("Run codex-portal again in a terminal for a new link.")
     return Shown(watched, 403)
 
 

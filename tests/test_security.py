@@ -160,5 +160,7 @@ def test_the_403_page_says_where_the_link_was_opened(settings: Settings) -> None
         numeric.cookies.clear()
         again = numeric.get("/")
         assert (
-            again.status_code == 403 and "already used" in again.text and "Restart codex-portal" in again.text
+            again.status_code == 403
+            and "already used" in again.text
+            and "Run codex-portal again" in again.text
         )

@@ -116,12 +116,17 @@ def test_sign_in_with_a_code_says_why_it_is_unavailable(browser_client: TestClie
     portal.metadata = ProviderMetadata(
         issuer="http://127.0.0.1:9", authorization_endpoint="a", token_endpoint="t"
     )
+    # No RFC 8628 endpoint: the Codex CLI's device protocol may still answer, so the button works
+    # until the issuer has said (404) that it does not.
+    assert "disabled" not in browser_client.get("/").text
+    portal.device_unavailable = True
     page = browser_client.get("/").text
     assert re.search(
         r'class="secondary" disabled aria-describedby="device-note">\s*Sign in with a code',
         page,
     )
     assert re.search(r"offers no device\s+authorization endpoint", page)
+    portal.device_unavailable = False
     portal.metadata = ProviderMetadata(
         issuer="http://127.0.0.1:9",
         authorization_endpoint="a",

@@ -57,7 +57,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_warm_discovery(portal))
-        yield
+        withdraw = _publish_link(portal) if settings.publish_link else None
+        try:
+            yield
+        finally:
+            if withdraw is not None:
+                withdraw()
         task.cancel()
         if portal.device is not None and portal.device.task is not None:
             portal.device.task.cancel()
@@ -80,6 +85,21 @@ def create_app(
     app.add_exception_handler(Exception, handle_unexpected)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)  # type: ignore[arg-type]
     return app
+
+
+def _publish_link(portal: Portal) -> Callable[[], None] | None:
+    """`codex-portal open` finds this portal through a 0600 record in CODEX_HOME (webapp.reopen);
+    the function that removes it, which also runs at exit if the lifespan cannot end."""
+    import atexit
+
+    from webapp import reopen
+
+    secret = reopen.new_secret()
+    withdraw = reopen.publish(portal.settings, secret)
+    if withdraw is not None:
+        portal.link_secret = secret
+        atexit.register(withdraw)
+    return withdraw
 
 
 async def _warm_discovery(portal: Portal) -> None:

@@ -17,7 +17,7 @@ from webapp.credentials import account_name
 from webapp.errors import PortalError
 from webapp.settings import Settings, parse_port
 
-COMMANDS = ("serve", "login", "status", "token", "logout", "accounts", "switch")
+COMMANDS = ("serve", "login", "status", "token", "logout", "accounts", "switch", "open")
 TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 MAX_KEY_INPUT = 64 * 1024
 EPILOG = """\
@@ -139,6 +139,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, Mapping[str, argparse.Argum
     accounts.add_argument("--json", action="store_true", help="print one JSON list")
     switch = _command(sub, "switch", "make a saved account the active one (nothing is revoked)")
     switch.add_argument("name", metavar="NAME", help="the account's name or email")
+    reopen = _command(
+        sub, "open", "print and open a new one-time link to the portal already serving this CODEX_HOME"
+    )
+    reopen.add_argument("--no-browser", action="store_true", help="print the link only")
     return parser, sub.choices
 
 
@@ -178,6 +182,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     listens = args.command == "serve" or (args.command == "login" and not args.api_key)
     settings = Settings.from_env(with_port=listens).with_overrides(
         port=getattr(args, "port", None),
+        port_chosen=True if getattr(args, "port", None) is not None else None,
         issuer=getattr(args, "issuer", None),
         client_id=getattr(args, "client_id", None),
         scope=getattr(args, "scope", None),
@@ -220,7 +225,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     from webapp.server import ServerOptions, run_login_server, sign_in_prompt
 
     options = ServerOptions(
-        port=settings.port,
+        port=settings.port if settings.port_chosen else None,  # else 1457 when 1455 is taken
         issuer=settings.issuer,
         client_id=settings.client_id,
         scope=settings.scope,
@@ -237,7 +242,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
 
     import asyncio
 
-    creds = asyncio.run(run_login_server(options, on_url=show))
+    creds = asyncio.run(run_login_server(options, on_url=show, paste=True))
     who = f" as {creds.email}" if creds.email else ""
     print(f"Signed in{who}. Saved to {_saved_to(settings)}.", file=sys.stderr)
     return 0
@@ -245,7 +250,7 @@ def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _login_device(settings: Settings, name: str | None, expected: str | None) -> int:
     from webapp.accounts import Account
-    from webapp.device import complete_device_login, start_device_flow
+    from webapp.device import PHISHING_WARNING, complete_device_login, start_device_flow
     from webapp.oauth import check_account
 
     account = Account(settings)
@@ -259,6 +264,7 @@ async def _login_device(settings: Settings, name: str | None, expected: str | No
         print(device.user_code, flush=True)
         if device.verification_uri_complete:
             print(f"Or open {device.verification_uri_complete}", file=sys.stderr)
+        print(PHISHING_WARNING, file=sys.stderr)
         print("Waiting...", file=sys.stderr, flush=True)
         creds = await complete_device_login(account.provider, device, client_id=settings.client_id)
         check_account(creds, expected)
@@ -350,6 +356,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_open(args: argparse.Namespace, settings: Settings) -> int:
+    """`codex-portal open`: what `codex-portal` does when a portal already serves this CODEX_HOME."""
+    from webapp import reopen
+
+    found = reopen.find_link(settings)
+    if found.url is None:
+        raise PortalError(found.why if found.answering else f"{found.why}; start one with `codex-portal`")
+    return reopen.announce(settings, found)
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from webapp.accounts import Account
 
@@ -421,4 +437,5 @@ HANDLERS = {
     "logout": cmd_logout,
     "accounts": cmd_accounts,
     "switch": cmd_switch,
+    "open": cmd_open,
 }

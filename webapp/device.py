@@ -1,5 +1,9 @@
 """Device authorization grant (RFC 8628): a code the person types on another device.
 
+An issuer without an RFC 8628 endpoint (the default one) is asked through the Codex CLI's own
+device protocol instead (webapp.codex_device); the rest (the page, the CLI, the end states) is
+the same for both.
+
 Polling honours `interval` (5 s when the provider gives none), adds 5 s for every `slow_down`
 (and keeps it), ends on `expired_token`, `access_denied` or the code's own expiry, and backs off
 on network errors instead of giving up.
@@ -29,6 +33,12 @@ END_STATES = {
     "expired_token": "the code expired before it was entered; start again",
     "access_denied": "the sign-in was denied on the other device",
 }
+# The Codex CLI's warning (device codes are phished: "enter this code to claim your prize"), said on
+# the page and in the terminal.
+PHISHING_WARNING = (
+    "Continue only if you started this sign-in yourself. "
+    "Never enter a code that a website or another person gave you."
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +50,20 @@ class DeviceAuthorization:
     expires_in: int
     interval: float
     started: float  # time.monotonic() when the code was issued
+    protocol: str = "rfc8628"  # or "codex": the Codex CLI's device protocol (webapp.codex_device)
 
     def seconds_left(self, now: float | None = None) -> int:
         return max(0, int(self.started + self.expires_in - (time.monotonic() if now is None else now)))
 
 
 async def start_device_flow(provider: Provider, *, client_id: str, scope: str) -> DeviceAuthorization:
-    """RFC 8628 section 3.1-3.2: ask for a device code and a user code."""
+    """RFC 8628 section 3.1-3.2: ask for a device code and a user code (an issuer without an
+    RFC 8628 endpoint is asked through the Codex CLI's device protocol)."""
     metadata = await provider.metadata()
     if not metadata.device_authorization_endpoint:
-        raise ProviderError(f"{metadata.issuer} does not offer sign-in with a code (no device endpoint)")
+        from webapp.codex_device import start_codex_device_flow
+
+        return await start_codex_device_flow(provider, client_id=client_id)
     response = await provider.post_form(
         metadata.device_authorization_endpoint,
         {"client_id": client_id, "scope": scope},
@@ -139,5 +153,10 @@ async def complete_device_login(
     provider: Provider, device: DeviceAuthorization, *, client_id: str
 ) -> Credentials:
     """Poll until the person has finished, then verify what came back (as the browser flow does)."""
-    creds = await poll_device_token(provider, device, client_id=client_id)
+    if device.protocol == "codex":
+        from webapp.codex_device import complete_codex_device_flow
+
+        creds = await complete_codex_device_flow(provider, device, client_id=client_id)
+    else:
+        creds = await poll_device_token(provider, device, client_id=client_id)
     return await identify(provider, creds, nonce=None)

@@ -37,6 +37,9 @@ class Portal:
     metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
     device: DeviceLogin | None = None
     opened_at: str | None = None  # host:port where the printed link was opened (for the 403 page)
+    device_unavailable: bool = False  # the issuer answered neither RFC 8628 nor the Codex CLI's protocol
+    # Presented by `codex-portal open` (read from $CODEX_HOME/codex-portal-serve.json) for a new link.
+    link_secret: str | None = field(default=None, repr=False)
 
     def note_provider_origin(self, url: str) -> None:
         parts = urlsplit(url)

@@ -145,12 +145,18 @@ async def fetch(
     what: str,
     data: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    json_body: dict[str, str] | None = None,
 ) -> Answer:
     """One request within one deadline, its answer streamed up to MAX_DOCUMENT bytes (a provider
-    cannot make us hold more). httpx2's own errors pass through for the caller to describe."""
+    cannot make us hold more). httpx2's own errors pass through for the caller to describe.
+    `data` is sent form-encoded, `json_body` as JSON."""
     async with deadline(client, what=what):
         request = client.build_request(
-            method, url, data=data, headers={"Accept": "application/json", **(headers or {})}
+            method,
+            url,
+            data=data,
+            json=json_body,
+            headers={"Accept": "application/json", **(headers or {})},
         )
         response = await client.send(request, stream=True)
         try:
@@ -265,17 +271,24 @@ class Provider:
         what: str,
         data: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
     ) -> Answer:
         """One exchange (`fetch`); network failures become a ProviderError naming `what`."""
         import httpx2
 
         try:
-            return await fetch(self.client, method, url, what=what, data=data, headers=headers)
+            return await fetch(
+                self.client, method, url, what=what, data=data, headers=headers, json_body=json_body
+            )
         except httpx2.HTTPError as exc:
             raise ProviderError(f"{what} failed: {describe_http_error(exc)}") from None
 
     async def post_form(self, url: str, data: dict[str, str], *, what: str) -> Answer:
         return await self.request("POST", url, what=what, data=data)
+
+    async def post_json(self, url: str, body: dict[str, str], *, what: str) -> Answer:
+        """A POST whose body is a JSON object (the Codex CLI's device protocol speaks JSON)."""
+        return await self.request("POST", url, what=what, json_body=body)
 
     async def token(self, data: dict[str, str]) -> dict[str, Any]:
         """A token request (RFC 6749 sections 4.1.3, 6; RFC 8628 3.4): the answer, or the error."""

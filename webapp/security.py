@@ -133,6 +133,13 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """`given` is `expected`, compared in constant time (as digests: the lengths leak nothing)."""
+    if given is None or expected is None:
+        return False
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
 @dataclass
 class Session:
     csrf_token: str = field(repr=False)
@@ -152,7 +159,7 @@ class Session:
         return flashes
 
     def csrf_ok(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(_digest(token), _digest(self.csrf_token))
+        return same_secret(token, self.csrf_token)
 
 
 class Sessions:
@@ -166,6 +173,13 @@ class Sessions:
     @staticmethod
     def new_launch_token() -> str:
         return secrets.token_urlsafe(32)  # 256 bits
+
+    def mint_launch_token(self) -> str:
+        """A new one-time launch token (`codex-portal open`). It replaces an unused one; a used
+        one was spent for good and stays so."""
+        token = self.new_launch_token()
+        self._launch_digest = _digest(token)
+        return token
 
     def redeem(self, launch_token: str) -> str | None:
         """A new session id when `launch_token` is the unused launch token; it can never be used again."""

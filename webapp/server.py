@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,8 @@ from webapp.settings import Settings
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
+
+    from webapp.portal import Portal
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ServerOptions:
         config_path = self.codex_home / "config.toml" if self.codex_home else None
         return settings.with_overrides(
             port=self.port,
+            port_chosen=True if self.port is not None else None,  # that port, no fallback
             issuer=self.issuer,
             client_id=self.client_id,
             scope=self.scope,
@@ -56,6 +59,47 @@ class ServerOptions:
             open_browser=self.open_browser,
             codex_sync=self.codex_sync,
         )
+
+
+class PortInUse(PortalError):
+    """The port is taken (by another program, or a portal serving another CODEX_HOME)."""
+
+
+def port_in_use_message(settings: Settings) -> str:
+    from webapp.reopen import unwritable_note
+
+    port, home = settings.port, settings.codex_home
+    if unwritable_note(home):
+        return (
+            f"port {port} is already in use. If it is codex-portal serving {home}, it could not "
+            f"record itself there ({home} cannot be written), so it cannot give a new link: stop it "
+            "and start it again. Otherwise choose another port with --port"
+        )
+    return (
+        f"port {port} is already in use, by another program or by a codex-portal serving another "
+        "CODEX_HOME (it gives no link to this one); stop it or choose another with --port"
+    )
+
+
+def choose_port(settings: Settings) -> Settings:
+    """The default issuer's sign-in moves to 1457 (the Codex CLI's other registered redirect) when
+    1455 is taken; a port given by --port or CODEX_PORTAL_PORT is that port or nothing."""
+    from webapp.settings import FALLBACK_PORT
+
+    if not settings.may_fall_back:
+        return settings
+    try:
+        for sock in bind_sockets(settings):  # a probe: serve_portal binds again at once
+            sock.close()
+    except PortInUse:
+        print(
+            f"Port {settings.port} is in use by another program; using {FALLBACK_PORT}, the Codex "
+            "CLI's other registered sign-in port.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return settings.with_overrides(port=FALLBACK_PORT)
+    return settings
 
 
 def bind_sockets(settings: Settings) -> list[socket.socket]:
@@ -78,32 +122,63 @@ def bind_sockets(settings: Settings) -> list[socket.socket]:
             for other in sockets:
                 other.close()
             if exc.errno == errno.EADDRINUSE:
-                raise PortalError(
-                    f"port {settings.port} is already in use (is codex-portal already running?); "
-                    "stop it or choose another with --port"
-                ) from None
+                raise PortInUse(port_in_use_message(settings)) from None
             raise PortalError(f"cannot listen on {host} port {settings.port}: {exc.strerror}") from None
         sockets.append(sock)
     return sockets
 
 
+def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the redirect file goes: under the person's home, as Jupyter keeps its runtime files
+    ($XDG_DATA_HOME/codex-portal/runtime, else ~/.local/share/codex-portal/runtime). Not the
+    system /tmp, nor $XDG_RUNTIME_DIR (/run/user/UID): snap and flatpak browsers see a /tmp of
+    their own and cannot read /run/user."""
+    env = os.environ if environ is None else environ
+    data = env.get("XDG_DATA_HOME", "")
+    base = Path(data) if os.path.isabs(data) else Path.home() / ".local" / "share"
+    return base / "codex-portal" / "runtime"
+
+
+def _private_folder(folder: Path) -> Path:
+    """`folder`, created 0700 where missing; an existing one must be a folder of ours (not a link),
+    and is made 0700."""
+    missing = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+    os.makedirs(folder, 0o700, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)
+    st = os.lstat(folder)
+    if not os.path.isdir(folder) or os.path.islink(folder) or st.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"{folder} is not a private folder of this user")
+    if st.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
 def open_in_browser(url: str) -> bool:
     """Open `url` without putting it in any process's argv (other users can read argv): the
-    browser is pointed at a private 0600 file that redirects, the way Jupyter does it. False when
-    no browser could be started."""
+    browser is pointed at a private 0600 file that redirects, the way Jupyter does it, kept under
+    the person's home (`runtime_dir`) where snap and flatpak browsers can reach it (the system
+    /tmp is a last resort). The file is removed a minute later, or at exit. False when no browser
+    could be started."""
+    import secrets
     import webbrowser
 
-    folder = tempfile.mkdtemp(prefix="codex-portal-")
-    path = Path(folder) / "open.html"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     link = html.escape(url, quote=True)
     page = (
         f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={link}">'
         f'<title>codex-portal</title><p><a href="{link}">Open codex-portal</a></p>'
     )
+    try:
+        path = _private_folder(runtime_dir()) / f"open-{secrets.token_hex(8)}.html"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        remove: Callable[[], None] = functools.partial(_unlink_quietly, path)
+    except (OSError, RuntimeError):  # no home, or one that cannot be written: the system /tmp
+        folder = tempfile.mkdtemp(prefix="codex-portal-")
+        path = Path(folder) / "open.html"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        remove = functools.partial(shutil.rmtree, folder, ignore_errors=True)
     with os.fdopen(fd, "w") as f:
         f.write(page)
-    remove = functools.partial(shutil.rmtree, folder, ignore_errors=True)
     atexit.register(remove)  # whichever comes first: a minute for the browser to read it, or exit
     timer = threading.Timer(60.0, remove)
     timer.daemon = True
@@ -112,6 +187,11 @@ def open_in_browser(url: str) -> bool:
     if not opened:
         remove()
     return opened
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def raise_open_files_limit() -> int:
@@ -289,6 +369,13 @@ def launch_url(settings: Settings, token: str) -> str:
 
 
 def run_serve(settings: Settings) -> int:
+    from webapp import reopen
+
+    # A portal already serving this CODEX_HOME gives a new link (before any port fallback).
+    found = reopen.find_link(settings)
+    if found.url is not None:
+        return reopen.announce(settings, found)
+    settings = choose_port(settings).with_overrides(publish_link=True)
     from webapp.security import Sessions
 
     token = Sessions.new_launch_token()
@@ -317,14 +404,20 @@ def run_serve(settings: Settings) -> int:
 
 
 async def run_login_server(
-    options: ServerOptions | None = None, *, on_url: Callable[[str], None] | None = None
+    options: ServerOptions | None = None,
+    *,
+    on_url: Callable[[str], None] | None = None,
+    paste: bool = False,
 ) -> Credentials:
     """Browser sign-in as the Codex CLI's `codex-login` does it: serve the callback, open the
-    provider's page, return the saved credentials once the tokens are in the config file."""
+    provider's page, return the saved credentials once the tokens are in the config file.
+
+    `paste`: also take the address the browser ended on from standard input (webapp.paste), for
+    a browser on another machine; over SSH the `ssh -L` line is printed too."""
     from webapp.security import Sessions
 
     options_ = options or ServerOptions()
-    settings = options_.settings()
+    settings = choose_port(options_.settings())
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[tuple[Credentials | None, str]] = loop.create_future()
     stop = asyncio.Event()
@@ -353,8 +446,21 @@ async def run_login_server(
                 print(f"{sign_in_prompt(settings.open_browser)}\n{url}", file=sys.stderr)
             if settings.open_browser and not await asyncio.to_thread(open_in_browser, url):
                 print(NO_BROWSER, file=sys.stderr, flush=True)
+            if paste:
+                await _read_pastes(apps[0].state.portal)
 
         tasks.append(asyncio.ensure_future(begin()))
+
+    async def _read_pastes(portal: Portal) -> None:
+        from webapp.paste import help_lines, read_pastes
+
+        print("\n".join(help_lines(settings.port, os.environ)), file=sys.stderr, flush=True)
+
+        def cancel(exc: PortalError) -> None:
+            if not outcome.done():
+                outcome.set_exception(exc)
+
+        await read_pastes(portal, settings.port, finished=outcome.done, on_login=on_login, on_cancel=cancel)
 
     server = asyncio.create_task(
         serve_portal(
@@ -381,5 +487,7 @@ async def run_login_server(
             raise PortalError(message)
         return creds
     finally:
+        for task in tasks:
+            task.cancel()  # the reading of pasted addresses, when the callback came first
         stop.set()
-        await asyncio.gather(server, return_exceptions=True)
+        await asyncio.gather(server, *tasks, return_exceptions=True)

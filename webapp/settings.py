@@ -11,6 +11,7 @@ DEFAULT_ISSUER = "https://auth.openai.com"
 DEFAULT_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 DEFAULT_SCOPE = "openid profile email offline_access"
 DEFAULT_PORT = 1455
+FALLBACK_PORT = 1457  # the Codex CLI's other registered redirect port, when 1455 is taken
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 
 
@@ -32,6 +33,8 @@ class Settings:
     timeout: float = 10.0  # seconds for each call to the provider
     revoke_timeout: float = 5.0
     codex_sync: bool = True  # keep the Codex CLI's auth.json in step (SPEC section 7)
+    port_chosen: bool = False  # --port or CODEX_PORTAL_PORT: that port or nothing (no fallback)
+    publish_link: bool = False  # `serve`: record port + secret in CODEX_HOME for `codex-portal open`
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, with_port: bool = True) -> Settings:
@@ -44,6 +47,7 @@ class Settings:
             client_id=env.get("CODEX_PORTAL_CLIENT_ID"),
             scope=env.get("CODEX_PORTAL_SCOPE"),
             port=parse_port(port, name="CODEX_PORTAL_PORT") if port else None,
+            port_chosen=True if port else None,
         )
 
     def with_overrides(self, **values: object) -> Settings:
@@ -61,6 +65,17 @@ class Settings:
     @property
     def origin(self) -> str:
         return f"http://localhost:{self.port}"
+
+    @property
+    def may_fall_back(self) -> bool:
+        """The Codex CLI's client at the default issuer, on 1455 because nobody chose a port: when
+        1455 is taken, 1457 (also registered for that client) is used instead."""
+        return (
+            not self.port_chosen
+            and self.port == DEFAULT_PORT
+            and self.issuer.rstrip("/") == DEFAULT_ISSUER
+            and self.client_id == DEFAULT_CLIENT_ID
+        )
 
 
 def _sync_flag(text: str | None) -> bool | None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from webapp.views import accounts, device, pages
-from webapp.views.pages import start_login
+from webapp.views import accounts, device, link, pages
+from webapp.views.pages import finish_login, start_login
 
 router = APIRouter()
 router.include_router(pages.router)
 router.include_router(device.router)
 router.include_router(accounts.router)
+router.include_router(link.router)
 
-__all__ = ["router", "start_login"]
+__all__ = ["finish_login", "router", "start_login"]

@@ -34,7 +34,7 @@ def no_session(request: Request) -> str:
         )
     return (
         "The link that codex-portal printed was already used, in another browser or before this one's "
-        "cookies were cleared. Restart codex-portal for a new link."
+        "cookies were cleared. Run codex-portal again in a terminal for a new link."
     )
 
 

@@ -1,4 +1,5 @@
-"""Sign in with a code (RFC 8628) on the page: start, the waiting page, its status API, cancel."""
+"""Sign in with a code on the page (RFC 8628, or the Codex CLI's device protocol for an issuer
+without it): start, the waiting page, its status API, cancel."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from webapp.device import complete_device_login, start_device_flow
+from webapp.codex_device import DeviceUnavailable
+from webapp.device import PHISHING_WARNING, complete_device_login, start_device_flow
 from webapp.errors import PortalError
 from webapp.portal import DeviceLogin, Portal
 from webapp.views.common import (
@@ -24,13 +26,18 @@ router = APIRouter()
 
 @router.post("/device", name="device_start")
 async def device_start(request: Request) -> Response:
-    await checked_form(request)
+    session, _ = await checked_form(request)
     portal = portal_of(request)
     await portal.discover()
     settings = portal.settings
-    device = await start_device_flow(
-        portal.account.provider, client_id=settings.client_id, scope=settings.scope
-    )
+    try:
+        device = await start_device_flow(
+            portal.account.provider, client_id=settings.client_id, scope=settings.scope
+        )
+    except DeviceUnavailable as exc:
+        portal.device_unavailable = True  # the button is disabled from now on, and says why
+        session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")
+        return home()
     _cancel_device(portal)  # one pending sign-in with a code at a time
     login = DeviceLogin(device=device)
     login.task = asyncio.create_task(_run_device_login(portal, login))
@@ -74,6 +81,7 @@ async def device_page(request: Request) -> Response:
         return home()
     context = {
         "device": login.device,
+        "phishing_warning": PHISHING_WARNING,
         "seconds_left": login.device.seconds_left(),
         "csrf_token": session.csrf_token,
     }

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -41,7 +42,8 @@ async def status_page(request: Request) -> Response:
         session_id = portal.sessions.redeem(token)
         if session_id is None and session_of(request) is None:
             raise AccessDenied(
-                "This link was already used or is not valid. Restart codex-portal for a new link."
+                "This link was already used or is not valid. "
+                "Run codex-portal again in a terminal for a new link."
             )
         response = home()  # the token leaves the address bar
         if session_id is not None:
@@ -86,8 +88,8 @@ async def _render_status(request: Request, session: Session) -> Response:
         "now": int(time.time()),
         "settings": portal.settings,
         "seen": _seen_digest(creds.access_token) if creds else "",
-        "device_unavailable": portal.metadata is not None
-        and not portal.metadata.device_authorization_endpoint,
+        # Known once the issuer refused both RFC 8628 and the Codex CLI's device protocol.
+        "device_unavailable": portal.device_unavailable,
         "warnings": config_warnings(portal.settings.config_path, codex=codex),
     }
     return render(request, "status.html", context)
@@ -123,10 +125,8 @@ async def start_login(portal: Portal, request: LoginRequest | None = None) -> st
 
 @router.get("/auth/callback", name="login_callback")
 async def login_callback(request: Request) -> Response:
-    portal = portal_of(request)
-    params = request.query_params
-    login = portal.logins.pop(params.get("state", ""))
-    if login is None:
+    result = await finish_login(portal_of(request), request.query_params)
+    if result is None:
         return render(
             request,
             "error.html",
@@ -139,6 +139,20 @@ async def login_callback(request: Request) -> Response:
             },
             400,
         )
+    return _finish(request, *result)
+
+
+async def finish_login(portal: Portal, params: Mapping[str, str]) -> tuple[Credentials | None, str] | None:
+    """The end of a browser sign-in, from the callback's parameters: those the browser brings to
+    /auth/callback, or those of the address pasted in the terminal (`login`), checked the same way.
+
+    None when no pending sign-in has that `state` (unknown, already used, expired): nothing changed.
+    Otherwise the pending sign-in is spent (one use), and the outcome is (the saved credentials, or
+    None, and the message to show); the code goes to the token endpoint with its PKCE verifier.
+    """
+    login = portal.logins.pop(params.get("state", ""))
+    if login is None:
+        return None
     try:
         if "error" in params:
             raise PortalError(_provider_refusal(params.get("error", ""), params.get("error_description")))
@@ -148,8 +162,8 @@ async def login_callback(request: Request) -> Response:
         creds = await exchange_code(portal.account.providers.get(login.issuer), login, code)
         await portal.account.sign_in(creds, name=login.request.name)
     except PortalError as exc:
-        return _finish(request, None, f"Sign-in failed: {exc.message}")
-    return _finish(request, creds, signed_in_message(creds.email))
+        return None, f"Sign-in failed: {exc.message}"
+    return creds, signed_in_message(creds.email)
 
 
 def _provider_refusal(error: str, description: str | None) -> str:
