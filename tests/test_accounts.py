@@ -208,7 +208,7 @@ def test_an_unknown_account_is_one_clear_line(
 ) -> None:
     before = {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()}
     done = portal(home, idp, "switch", name)
-    assert done.returncode == 1 and done.stderr == f"Error: {message}\n"
+    assert done.returncode == 1 and done.stderr == f"Error: {message}.\n"
     assert {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()} == before
 
 
@@ -223,7 +223,7 @@ def test_an_email_of_two_saved_accounts_must_be_named(
     (home / FILE_NAME).write_text(json.dumps(data))
     done = portal(home, idp, "switch", ALICE)
     assert done.returncode == 1
-    assert done.stderr == f"Error: {ALICE} is the email of 2 saved accounts (work, personal): use the name\n"
+    assert done.stderr == f"Error: {ALICE} is the email of 2 saved accounts (work, personal): use the name.\n"
     assert portal(home, idp, "switch", "work").returncode == 0 and account_id(home) == "acct-alice"
 
 
@@ -259,7 +259,8 @@ def test_login_for_one_account_refuses_another(idp: TestProvider, home: Path) ->
         url = process.stdout.readline().strip()
         assert "login_hint=bob%40example.test" in url and "prompt=login" in url
         callback = idp.login_without_browser(url, login="alice")
-        httpx2.get(callback, timeout=30)
+        page = httpx2.get(callback, timeout=30, follow_redirects=True)  # as a browser would
+        assert page.status_code == 400 and "Sign-in did not complete" in page.text
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()

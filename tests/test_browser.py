@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from playwright.sync_api import (
 )
 
 from tests.browser import LOOPBACK, assert_accessible, watch
+from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, settings_for
 
@@ -221,3 +224,52 @@ def test_dark_mode_on_a_phone_has_no_horizontal_scroll(
         assert not watched.errors(except_from=idp.issuer)
     finally:
         context.close()
+
+
+def test_the_one_shot_login_ends_on_a_whole_page(browser: Browser, idp: TestProvider, tmp_path: Path) -> None:
+    """`codex-portal login` stops its server once the outcome is shown: the browser's last page
+    must come whole in that one answer, styled, with nothing left to fetch from a server that is
+    gone (its stylesheet was refused in 2 of 7 runs), and the server must wait for it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "SSH_", "BROWSER"))}
+    env |= {"CODEX_HOME": str(tmp_path / "codex"), "CODEX_PORTAL_ISSUER": idp.issuer}
+    env["CODEX_PORTAL_CLIENT_ID"] = idp.client_id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webapp", "login", "--no-browser", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    context = browser.new_context()
+    page = context.new_page()
+    watched = watch(page)
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(f"{request.url}: {request.failure}"))
+    try:
+        assert proc.stdout is not None
+        page.goto(proc.stdout.readline().strip())
+        page.locator('input[name="login"]').fill("alice")
+        page.locator('input[name="password"]').fill("any password")
+        page.get_by_role("button", name="Sign-in", exact=True).click()
+        page.get_by_role("button", name="Continue", exact=True).click()
+        expect(page.get_by_role("heading", name="Sign-in complete")).to_be_visible()
+        _, err = proc.communicate(timeout=30)
+        _styled(page)
+        notice = page.get_by_role("status")
+        expect(notice).to_have_text(re.compile(r"^Signed in as alice@example\.test\."))
+        styles = notice.evaluate("e => [getComputedStyle(e).borderTopStyle, getComputedStyle(e).paddingTop]")
+        if os.environ.get("UPDATE_SCREENSHOTS"):
+            page.screenshot(path=str(DOCS_SCREENSHOT.parent / "screenshots" / "login-done.png"))
+    finally:
+        context.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert proc.returncode == 0, err
+    assert styles != ["none", "0px"] and styles[0] == "solid", styles  # portal.css applies
+    here = [urlsplit(request.url).path for request in watched.requests if urlsplit(request.url).port == port]
+    assert here == ["/auth/callback", "/auth/done"], here  # the page needed nothing else
+    errors = watched.errors(except_from=idp.issuer)  # (the provider's pages have no favicon)
+    assert failed == [] and errors == [], (failed, errors)  # and the CSP allows the inline style

@@ -603,7 +603,7 @@ def test_markup_in_the_providers_error_is_escaped(
             assert response.headers["location"].startswith("/auth/done?result=")
             page = other.get(response.headers["location"])
         assert page.status_code == 400
-    assert "The provider refused the sign-in" in page.text
+    assert "the provider refused the sign-in" in page.text
     _assert_escaped(page.text)
     assert "unsafe-inline" not in page.headers["content-security-policy"]
     assert home.config_path.read_text() == USER_FILE and writes == []

@@ -119,7 +119,7 @@ def test_a_bad_port_in_the_environment_is_named_and_stops_only_what_listens(
     capsys.readouterr()
     assert main(["serve", "--no-browser"]) == 1
     assert capsys.readouterr().err == (
-        "Error: invalid port 'abc' in CODEX_PORTAL_PORT: use a number from 1 to 65535\n"
+        "Error: invalid port 'abc' in CODEX_PORTAL_PORT: use a number from 1 to 65535.\n"
     )
 
 
@@ -203,7 +203,7 @@ def test_taken_port_is_a_clear_error(codex_home: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"Error: port {port} is already in use, by another program or by a codex-portal serving "
-        "another CODEX_HOME (it gives no link to this one); stop it or choose another with --port"
+        "another CODEX_HOME (it gives no link to this one); stop it or choose another with --port."
     )
 
 
@@ -249,10 +249,10 @@ def test_a_codex_home_that_cannot_be_a_folder_is_named(
     afile = tmp_path / "afile"
     afile.write_text("not a folder\n")
     for home, message in (
-        (afile, f"Error: {afile} is not a folder: CODEX_HOME must name a folder\n"),
+        (afile, f"Error: {afile} is not a folder: CODEX_HOME must name a folder.\n"),
         (
             afile / "codex",
-            f"Error: {afile} is not a folder, so CODEX_HOME ({afile / 'codex'}) cannot be made inside it\n",
+            f"Error: {afile} is not a folder, so CODEX_HOME ({afile / 'codex'}) cannot be made inside it.\n",
         ),
     ):
         monkeypatch.setenv("CODEX_HOME", str(home))

@@ -193,7 +193,7 @@ def test_a_5xx_from_the_issuer_ends_login_device_with_one_line(issuer: CodexIssu
     )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (
-        f"Error: the Codex CLI's device sign-in at {issuer.issuer} answered HTTP 503; try again later\n"
+        f"Error: the Codex CLI's device sign-in at {issuer.issuer} answered HTTP 503; try again later.\n"
     )
     assert not (home / "config.toml").exists()
 

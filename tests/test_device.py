@@ -233,7 +233,7 @@ def test_cli_device_sign_in(idp: TestProvider, tmp_path: Path) -> None:
 def test_cli_device_denied(idp: TestProvider, tmp_path: Path) -> None:
     result = _login_device(idp, tmp_path, idp.deny_device)
     assert result.returncode == 1
-    assert result.stderr.strip().endswith("Error: the sign-in was denied on the other device")
+    assert result.stderr.strip().endswith("Error: the sign-in was denied on the other device.")
     assert not (tmp_path / "config.toml").exists()
 
 

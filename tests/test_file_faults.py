@@ -515,7 +515,7 @@ def test_cli_read_only_folder_0500(home: Path, lock_exists: bool) -> None:
     line = assert_one_line_error(result)
     # With config.toml.lock in place, the next lock to take is the Codex CLI's auth.lock.
     named = home / "auth.lock" if lock_exists else home / "config.toml.lock"
-    assert line == f"Error: cannot lock {named}: permission denied"
+    assert line == f"Error: cannot lock {named}: permission denied."
     assert after == before
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import free_port
 from tests.idp import TestProvider
 from tests.portal import PortalServer, page_csrf, settings_for, sign_in
+from webapp.server import FAREWELL
 from webapp.settings import Settings
 
 LAUNCH = "flow-launch-token-0123456789abcdefghij"
@@ -191,3 +193,37 @@ def test_cli_login_status_logout(idp: TestProvider, tmp_path: Path) -> None:
     assert logout.returncode == 0 and "Signed out" in logout.stderr
     assert subprocess.run([*cli, "status"], env=env, capture_output=True).returncode == 1
     assert "auth" not in tomllib.loads((home / "config.toml").read_text())
+
+
+@pytest.mark.parametrize("fetched", [True, False])
+def test_cli_login_waits_for_the_browser_to_fetch_its_last_page(
+    idp: TestProvider, tmp_path: Path, fetched: bool
+) -> None:
+    """The callback's answer sends the browser to /auth/done; `login` serves on until that page
+    has been fetched (a slow browser here: a new connection a second later), or FAREWELL passed."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webapp", "login", "--no-browser"],
+        env=_cli_env(idp, tmp_path / "codex", port),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        callback = idp.login_without_browser(proc.stdout.readline().strip())
+        answer = httpx2.get(callback, timeout=20)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/auth/done?result=")
+        if fetched:
+            time.sleep(1)
+            assert proc.poll() is None, "login stopped before its last page was fetched"
+            done = httpx2.get(f"http://localhost:{port}{answer.headers['location']}", timeout=20)
+            assert done.status_code == 200 and "Sign-in complete" in done.text
+        _, err = proc.communicate(timeout=FAREWELL + 20)  # unfetched: it does not wait for ever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert proc.returncode == 0, err
+    assert err.splitlines()[-1].startswith("Signed in as alice@example.test."), err

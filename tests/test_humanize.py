@@ -1,4 +1,5 @@
-"""Time left, as the terminal and the page's server text say it, and as static/status.js keeps it."""
+"""Time left, as the terminal and the page's server text say it, and as static/status.js keeps it;
+and how a message ends, in the terminal and on a page."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from webapp.errors import full_stop, sentence
 from webapp.humanize import format_time_left
 
 STATUS_JS = Path(__file__).resolve().parent.parent / "static" / "status.js"
@@ -54,3 +56,23 @@ console.log(JSON.stringify(spans.map((span) => span.textContent)));
     done = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [format_time_left(offset) for offset in cases]
+
+
+@pytest.mark.parametrize(
+    ("clause", "line", "notice"),
+    [
+        ("no API key given; nothing was changed", "no API key given; nothing was changed.", None),
+        (
+            "fix it or remove it (see above)",
+            "fix it or remove it (see above).",
+            "Fix it or remove it (see above).",
+        ),
+        ("Already a sentence.", "Already a sentence.", "Already a sentence."),
+        ("is it? ", "is it?", "Is it?"),
+        ("/path/config.toml is not valid TOML", "/path/config.toml is not valid TOML.", None),
+        ("", "", ""),
+    ],
+)
+def test_messages_end_once_where_they_are_shown(clause: str, line: str, notice: str | None) -> None:
+    assert full_stop(clause) == line and full_stop(line) == line
+    assert sentence(clause) == (notice or line[:1].upper() + line[1:])

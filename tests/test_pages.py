@@ -441,7 +441,9 @@ def _done_failure(stage: Stage) -> Shown:
     watched = stage.open(urlsplit(callback)._replace(scheme="", netloc="").geturl(), session=False)
     expect(watched.page).to_have_url(re.compile(rf"^{re.escape(stage.base_url)}/auth/done\?result="))
     _heading(watched.page, "Sign-in did not complete")
-    expect(watched.page.get_by_role("status")).to_contain_text("The provider refused the sign-in")
+    expect(watched.page.get_by_role("status")).to_contain_text(
+        "Sign-in failed: the provider refused the sign-in"
+    )
     return Shown(watched, 400)
 
 

@@ -231,8 +231,8 @@ def test_a_used_address_is_refused_and_a_pasted_error_ends_the_sign_in(
         second.kill()
     assert code == 1
     assert err.splitlines()[-1] == (
-        "Error: Sign-in failed: The provider refused the sign-in (access_denied): End-User aborted. "
-        "Nothing was changed."
+        "Error: Sign-in failed: the provider refused the sign-in (access_denied): End-User aborted; "
+        "nothing was changed."
     )
 
 
@@ -418,6 +418,6 @@ def test_a_state_the_callback_used_is_refused_when_pasted(
     assert not runner.is_alive() and not failures, failures
     assert capsys.readouterr().err == NOT_FROM_HERE + "\n"
     assert outcomes == [
-        (None, "Sign-in failed: The provider refused the sign-in (access_denied). Nothing was changed.")
+        (None, "Sign-in failed: the provider refused the sign-in (access_denied); nothing was changed")
     ]
     assert len(portal.logins) == 0 and not (tmp_path / "config.toml").exists()

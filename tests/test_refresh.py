@@ -182,7 +182,7 @@ def test_revoked_refresh_token_says_sign_in_again(
     errors = len(idp.events("grant.error"))
     first = subprocess.run(_token_cmd(settings), env=_env(settings), capture_output=True, text=True)
     assert first.returncode == 1
-    assert first.stderr.strip() == "Error: session expired, sign in again"
+    assert first.stderr.strip() == "Error: session expired, sign in again."
     assert "refresh_token" not in _auth(settings)  # the dead token is forgotten, nothing retries it
     second = subprocess.run(_token_cmd(settings), env=_env(settings), capture_output=True, text=True)
     assert second.returncode == 1 and "sign in again" in second.stderr

@@ -155,7 +155,9 @@ def test_running_it_again_prints_a_new_link_to_the_running_portal(serving: Servi
     assert not record.exists()  # removed when it stopped
     done = _again(serving.home, "open", "--no-browser")
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == f"Error: no codex-portal is serving {serving.home}; start one with `codex-portal`\n"
+    assert (
+        done.stderr == f"Error: no codex-portal is serving {serving.home}; start one with `codex-portal`.\n"
+    )
 
 
 def test_without_the_secret_no_link_is_minted(serving: Serving) -> None:
@@ -185,11 +187,11 @@ def test_another_codex_home_gets_no_link(serving: Serving, tmp_path: Path) -> No
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (
         f"Error: port {serving.port} is already in use, by another program or by a codex-portal serving "
-        "another CODEX_HOME (it gives no link to this one); stop it or choose another with --port\n"
+        "another CODEX_HOME (it gives no link to this one); stop it or choose another with --port.\n"
     )
     done = _again(other, "open", "--no-browser")
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == f"Error: no codex-portal is serving {other}; start one with `codex-portal`\n"
+    assert done.stderr == f"Error: no codex-portal is serving {other}; start one with `codex-portal`.\n"
 
 
 def test_a_stale_record_is_not_trusted_and_is_cleared(tmp_path: Path) -> None:
@@ -203,7 +205,7 @@ def test_a_stale_record_is_not_trusted_and_is_cleared(tmp_path: Path) -> None:
     done = _again(home, "open", "--no-browser")
     assert done.returncode == 1
     gone = f"the codex-portal recorded in {record} is no longer running"
-    assert done.stderr == f"Error: {gone}; start one with `codex-portal`\n"
+    assert done.stderr == f"Error: {gone}; start one with `codex-portal`.\n"
     assert not record.exists()
     record.write_text(json.dumps({"port": 1, "host": "127.0.0.1", "pid": 1, "secret": "s"}))
     record.chmod(0o644)  # readable by others: not one of ours
@@ -236,13 +238,13 @@ def test_where_codex_home_cannot_be_written_a_new_link_needs_a_restart(tmp_path:
     assert again.stderr == (
         f"Error: port {port} is already in use. If it is codex-portal serving {home}, it could not record "
         f"itself there ({home} cannot be written), so it cannot give a new link: stop it and start it "
-        "again. Otherwise choose another port with --port\n"
+        "again. Otherwise choose another port with --port.\n"
     )
     assert opened.returncode == 1
     assert opened.stderr == (
         f"Error: no codex-portal is serving {home} that can give a new link: {home} cannot be written, "
         "so a portal serving it could not record itself there, and a new link needs a restart of that "
-        "portal; start one with `codex-portal`\n"
+        "portal; start one with `codex-portal`.\n"
     )
 
 
@@ -286,7 +288,7 @@ def test_a_second_local_user_gets_nothing() -> None:
         assert done.returncode == 1 and done.stdout == "", done.stderr
         assert done.stderr == (
             f"Error: cannot read {portal.home / RECORD_NAME} (permission denied): only its owner gets a "
-            "new link; start one with `codex-portal`\n"
+            "new link; start one with `codex-portal`.\n"
         )
         # Even with the secret (handed over here), nobody's connection is refused before it is read.
         asked = subprocess.run(
@@ -352,6 +354,6 @@ def test_the_secret_is_never_sent_to_another_users_program(tmp_path: Path) -> No
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (
         f"Error: port {port} is held by a program of another user (uid 65534), not by your codex-portal: "
-        "nothing was sent to it; start one with `codex-portal`\n"
+        "nothing was sent to it; start one with `codex-portal`.\n"
     )
     assert received == "0"  # connected, and not one byte was sent

@@ -106,7 +106,7 @@ def test_callback_without_pending_sign_in_changes_nothing(client: TestClient, co
 def test_sign_in_with_unreachable_provider_says_so(browser_client: TestClient) -> None:
     response = browser_client.post("/login", data={"csrf_token": csrf_token(browser_client)})
     assert response.status_code == 502
-    assert "could not discover the endpoints of http://127.0.0.1:9" in response.text
+    assert "Could not discover the endpoints of http://127.0.0.1:9" in response.text
 
 
 def test_sign_in_with_a_code_says_why_it_is_unavailable(browser_client: TestClient) -> None:

@@ -16,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from webapp.accounts import Account
 from webapp.credentials import Credentials
-from webapp.errors import PortalError
+from webapp.errors import PortalError, sentence
 from webapp.humanize import format_iso, format_time_left, format_utc
 from webapp.portal import Portal
 from webapp.security import MAX_BODY, SecurityMiddleware, Sessions, security_headers
 from webapp.settings import Settings
 from webapp.views import router
+from webapp.views.common import InlineAssets
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -37,7 +38,7 @@ templates.env.auto_reload = False  # packaged templates: no stat() of each on ev
 templates.env.filters["utc"] = format_utc
 templates.env.filters["time_left"] = format_time_left
 templates.env.filters["iso"] = format_iso
-templates.env.filters["sentence"] = lambda text: text if text.endswith((".", "!", "?")) else f"{text}."
+templates.env.filters["sentence"] = sentence
 
 
 def create_app(
@@ -76,6 +77,7 @@ def create_app(
     )
     app.state.portal = portal
     app.state.templates = templates
+    app.state.inline_assets = InlineAssets.load(_asset_dir("static"))
     app.mount("/static", StaticFiles(directory=str(_asset_dir("static"))), name="static")
     app.include_router(router, max_body_size=MAX_BODY)  # inside SecurityMiddleware: 413s get its headers
     app.add_middleware(

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from webapp import __version__
 from webapp.credentials import account_name
-from webapp.errors import PortalError
+from webapp.errors import PortalError, full_stop
 from webapp.settings import Settings, parse_port
 
 COMMANDS = ("serve", "login", "status", "token", "logout", "accounts", "switch", "open")
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         return int(HANDLERS[args.command](args, settings))
     except PortalError as exc:
-        print(f"Error: {exc.message}", file=sys.stderr)
+        print(f"Error: {full_stop(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

@@ -13,6 +13,18 @@ Messages never carry a secret: no token, code, verifier, key, state or cookie va
 from __future__ import annotations
 
 
+def full_stop(text: str) -> str:
+    """`text` ending as a sentence does. Messages are written as clauses, so that they compose
+    ("Could not remove: " + message); this is where they end, once, whoever wrote them."""
+    text = text.rstrip()
+    return text if not text or text.endswith((".", "!", "?")) else f"{text}."
+
+
+def sentence(text: str) -> str:
+    """`text` as a sentence of its own, on a page: a capital first letter and a full stop."""
+    return full_stop(text[:1].upper() + text[1:])
+
+
 class PortalError(Exception):
     """An expected failure: shown as one line in the terminal, or on the error page."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ class Portal:
     sessions: Sessions
     logins: PendingLogins = field(default_factory=PendingLogins)
     results: dict[str, tuple[str, str]] = field(default_factory=dict)  # one-time callback results
+    result_taken: asyncio.Event = field(default_factory=asyncio.Event)  # a result page was served
     on_login: Callable[[Credentials | None, str], None] | None = None
     form_action_origins: set[str] = field(default_factory=set)
     metadata: ProviderMetadata | None = None  # the current issuer's, once discovered
@@ -40,6 +42,19 @@ class Portal:
     device_unavailable: bool = False  # the issuer answered neither RFC 8628 nor the Codex CLI's protocol
     # Presented by `codex-portal open` (read from $CODEX_HOME/codex-portal-serve.json) for a new link.
     link_secret: str | None = field(default=None, repr=False)
+
+    def keep_result(self, kind: str, message: str) -> str:
+        """Keep a sign-in's outcome for the page that shows it; the id that page is opened with."""
+        result_id = secrets.token_urlsafe(16)
+        self.results[result_id] = (kind, message)
+        return result_id
+
+    def take_result(self, result_id: str) -> tuple[str, str] | None:
+        """The (kind, message) kept under `result_id`, once."""
+        result = self.results.pop(result_id, None)
+        if result is not None:
+            self.result_taken.set()
+        return result
 
     def note_provider_origin(self, url: str) -> None:
         parts = urlsplit(url)

@@ -355,6 +355,18 @@ async def _run_until_stopped(
     await task
 
 
+FAREWELL = 5.0  # seconds a one-shot login waits, after the outcome, for its page to be fetched
+
+
+async def _result_shown(portal: Portal) -> None:
+    """The browser that brought the callback is sent to a page with the outcome (`/auth/done`):
+    wait until it is served (its assets are inside it), for at most FAREWELL seconds. Stopping
+    sooner would refuse it. A pasted address leaves no page to wait for."""
+    if portal.results:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(portal.result_taken.wait(), FAREWELL)
+
+
 NO_BROWSER = "No web browser could be opened here: open the link above in yours."
 
 
@@ -483,6 +495,7 @@ async def run_login_server(
         if not done:
             raise PortalError("the sign-in was not completed within 10 minutes")
         creds, message = waiter.result()
+        await _result_shown(apps[0].state.portal)
         if creds is None:
             raise PortalError(message)
         return creds

@@ -98,13 +98,13 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON (line {exc.lineno}); codex-portal will not overwrite it: "
-            "fix it or remove it."
+            "fix it or remove it"
         ) from None
     except RecursionError:
-        raise ConfigError(f"{path} is nested too deeply to read; fix it or remove it.") from None
+        raise ConfigError(f"{path} is nested too deeply to read; fix it or remove it") from None
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{path} is not a JSON object; codex-portal will not overwrite it: fix it or remove it."
+            f"{path} is not a JSON object; codex-portal will not overwrite it: fix it or remove it"
         )
     return data
 

@@ -65,7 +65,7 @@ class SavedAccounts:
     def _parse(self, text: str) -> AccountsFile:
         refusal = ConfigError(
             f"{self.path} is damaged; codex-portal will not overwrite it: fix it or remove it "
-            "(the saved accounts in it are then forgotten)."
+            "(the saved accounts in it are then forgotten)"
         )
         try:
             data = json.loads(text)

@@ -18,7 +18,7 @@ async def account_switch(request: Request) -> Response:
     try:
         entry = await portal_of(request).account.switch(account_name(form.get("name", "")))
     except PortalError as exc:
-        session.flash(f"Could not switch: {exc.message}.", "error")
+        session.flash(f"Could not switch: {exc.message}", "error")
         return home()
     email = entry.credentials.email
     who = f" ({email})" if email and email != entry.name else ""
@@ -33,14 +33,14 @@ async def account_remove(request: Request) -> Response:
     try:
         name = account_name(form.get("name", ""))
     except PortalError as exc:
-        session.flash(f"Could not remove: {exc.message}.", "error")
+        session.flash(f"Could not remove: {exc.message}", "error")
         return home()
     if form.get("confirm") != "yes":
         return render(request, "remove.html", {"name": name, "csrf_token": session.csrf_token})
     try:
         result = await portal_of(request).account.sign_out(name)
     except PortalError as exc:
-        session.flash(f"Could not remove: {exc.message}.", "error")
+        session.flash(f"Could not remove: {exc.message}", "error")
         return home()
     if result.revoked is False:
         session.flash(f"Removed {name}. The provider could not be reached to revoke its token.", "warning")

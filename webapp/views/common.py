@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
@@ -11,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from webapp.credentials import Credentials
 from webapp.errors import AccessDenied
 from webapp.portal import Portal
-from webapp.security import Session
+from webapp.security import Session, content_security_policy
 from webapp.stores.sync import CodexView
 
 
@@ -68,10 +73,35 @@ async def checked_form(request: Request) -> tuple[Session, dict[str, str]]:
     return session, fields
 
 
-def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     templates = request.app.state.templates
-    response: Response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response: Response = templates.TemplateResponse(
+        request, name, context, status_code=status_code, headers=headers
+    )
     return response
+
+
+@dataclass(frozen=True)
+class InlineAssets:
+    """The stylesheet and icon inside the page, for the page that must arrive whole: the one a
+    one-shot `login` shows as it exits, when no server is left to fetch them from."""
+
+    css: str
+    icon: str  # a data: URL
+    csp: str  # the page's Content-Security-Policy: that one <style> (by its hash) and data: images
+
+    @classmethod
+    def load(cls, static: Path) -> InlineAssets:
+        css = (static / "portal.css").read_text(encoding="utf-8")
+        icon = "data:image/svg+xml," + quote((static / "favicon.svg").read_text(encoding="utf-8"))
+        digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+        return cls(css, icon, content_security_policy(style_src=f"'sha256-{digest}'", img_src="data:"))
 
 
 def signed_in_message(email: str | None) -> str:

@@ -36,7 +36,7 @@ async def device_start(request: Request) -> Response:
         )
     except DeviceUnavailable as exc:
         portal.device_unavailable = True  # the button is disabled from now on, and says why
-        session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")
+        session.flash(exc.message, "error")
         return home()
     _cancel_device(portal)  # one pending sign-in with a code at a time
     login = DeviceLogin(device=device)

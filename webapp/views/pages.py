@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import time
 from collections.abc import Mapping
 
@@ -13,13 +12,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from webapp.checks import config_warnings
 from webapp.credentials import Credentials, account_name, status_report, validate_api_key
-from webapp.errors import AccessDenied, ConfigError, PortalError
+from webapp.errors import AccessDenied, ConfigError, PortalError, sentence
 from webapp.humanize import format_utc
 from webapp.oauth import LoginRequest, authorization_url, exchange_code
 from webapp.portal import Portal
 from webapp.provider import clean_text
 from webapp.security import Session
 from webapp.views.common import (
+    InlineAssets,
     checked_form,
     cookie_name,
     current_view,
@@ -57,7 +57,7 @@ async def status_page(request: Request) -> Response:
 def _refuse_form(session: Session, field_id: str, message: str) -> Response:
     """A form the person must correct: the page, reached by a redirect (a reload posts nothing
     again), says why at the top and under the field."""
-    session.form_error = (field_id, message[:1].upper() + message[1:].rstrip(".") + ".")
+    session.form_error = (field_id, sentence(message))
     return home()
 
 
@@ -158,7 +158,7 @@ async def finish_login(portal: Portal, params: Mapping[str, str]) -> tuple[Crede
             raise PortalError(_provider_refusal(params.get("error", ""), params.get("error_description")))
         code = params.get("code")
         if not code:
-            raise PortalError("The provider sent no authorization code. Nothing was changed.")
+            raise PortalError("the provider sent no authorization code; nothing was changed")
         creds = await exchange_code(portal.account.providers.get(login.issuer), login, code)
         await portal.account.sign_in(creds, name=login.request.name)
     except PortalError as exc:
@@ -167,36 +167,40 @@ async def finish_login(portal: Portal, params: Mapping[str, str]) -> tuple[Crede
 
 
 def _provider_refusal(error: str, description: str | None) -> str:
-    text = f"The provider refused the sign-in ({clean_text(error, 64) or 'error'})"
-    if clean_text(description):
-        text += f": {clean_text(description)}"
-    return text + ". Nothing was changed."
+    text = f"the provider refused the sign-in ({clean_text(error, 64) or 'error'})"
+    said = (clean_text(description) or "").rstrip(".")  # (ours ends the sentence)
+    if said:
+        text += f": {said}"
+    return text + "; nothing was changed"
 
 
 def _finish(request: Request, creds: Credentials | None, message: str) -> Response:
     """Report the outcome, then leave the callback URL (it carries the code) for a page showing it."""
     portal = portal_of(request)
-    if portal.on_login is not None:
-        portal.on_login(creds, message)
     kind = "success" if creds is not None else "error"
     session = session_of(request)
     if session is not None:
         session.flash(message, kind)
-        return home()
-    result_id = secrets.token_urlsafe(16)
-    portal.results[result_id] = (kind, message)
-    return RedirectResponse(f"/auth/done?result={result_id}", status_code=303)
+        response = home()
+    else:
+        response = RedirectResponse(f"/auth/done?result={portal.keep_result(kind, message)}", status_code=303)
+    if portal.on_login is not None:
+        portal.on_login(creds, message)  # (after keep_result: a one-shot login waits for the page)
+    return response
 
 
 @router.get("/auth/done", name="login_done")
 async def login_done(request: Request) -> Response:
-    result = portal_of(request).results.pop(request.query_params.get("result", ""), None)
+    result = portal_of(request).take_result(request.query_params.get("result", ""))
     if result is None:
         return render(
             request, "error.html", {"status": 404, "message": "There is no sign-in result to show."}, 404
         )
     kind, message = result
-    return render(request, "done.html", {"kind": kind, "message": message}, 200 if kind == "success" else 400)
+    inline: InlineAssets = request.app.state.inline_assets
+    context = {"kind": kind, "message": message, "inline": inline}
+    status = 200 if kind == "success" else 400
+    return render(request, "done.html", context, status, {"content-security-policy": inline.csp})
 
 
 @router.post("/api-key", name="api_key_save")
@@ -230,7 +234,7 @@ async def token_refresh(request: Request) -> Response:
             seen_token = creds.access_token if creds else None
             fresh = await portal.account.refresh(force=True, seen_access_token=seen_token)
     except PortalError as exc:
-        session.flash(f"{exc.message[:1].upper()}{exc.message[1:]}.", "error")  # "Could not refresh: ..."
+        session.flash(exc.message, "error")  # "Could not refresh: ..."
         return home()
     now = time.strftime("%H:%M:%S UTC", time.gmtime())
     left = f" The new one expires {format_utc(fresh.expires_at)}." if fresh.expires_at else ""
