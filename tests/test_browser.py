@@ -261,7 +261,7 @@ def test_the_one_shot_login_ends_on_a_whole_page(browser: Browser, idp: TestProv
         expect(notice).to_have_text(re.compile(r"^Signed in as alice@example\.test\."))
         styles = notice.evaluate("e => [getComputedStyle(e).borderTopStyle, getComputedStyle(e).paddingTop]")
         if os.environ.get("UPDATE_SCREENSHOTS"):
-            page.screenshot(path=str(DOCS_SCREENSHOT.parent / "screenshots" / "login-done.png"))
+            page.screenshot(path=str(DOCS_SCREENSHOT.parent / "screenshots" / "login-done-light-wide.png"))
     finally:
         context.close()
         if proc.poll() is None:
