@@ -463,5 +463,7 @@ def test_saving_with_a_broken_auth_json_says_where_it_went(
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO(KEY))
     assert main(["login", "--api-key"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith(f"Saved API key sk-…WXYZ to {home / 'config.toml'} (the Codex CLI ")
-    assert "is not valid JSON" in err and "and " + str(home / "auth.json") not in err
+    assert err == (
+        f"Saved API key sk-…WXYZ to {home / 'config.toml'} only ({home / 'auth.json'} is not valid JSON "
+        "(line 1); codex-portal will not overwrite it: fix it or remove it).\n"
+    )

@@ -285,7 +285,8 @@ def _saved_to(settings: Settings) -> str:
     codex = open_stores(settings).view(sync=False)[1]
     if codex.store == "file" and codex.problem is None:
         return f"{settings.config_path} and {settings.codex_home / 'auth.json'}"
-    return f"{settings.config_path} (the Codex CLI {codex.summary()})"
+    why = codex.problem or f"the Codex CLI {codex.summary().rstrip('.')}"
+    return f"{settings.config_path} only ({why})"
 
 
 def _login_api_key(settings: Settings, name: str | None) -> int:
