@@ -69,3 +69,19 @@ def test_a_hard_linked_config_is_named(tmp_path: Path) -> None:
     os.link(config, tmp_path / "backup.toml")
     warnings = config_warnings(config, {})
     assert any("1 other name(s) (hard links)" in w and "even after sign-out" in w for w in warnings), warnings
+
+
+def test_a_folder_others_can_write_in_is_named(tmp_path: Path) -> None:
+    home = tmp_path / "codex"
+    home.mkdir()
+    path = home / "config.toml"
+    path.write_text("")
+    path.chmod(0o600)
+    for mode in (0o700, 0o755, 0o1700):
+        home.chmod(mode)
+        assert config_warnings(path, {}) == [], oct(mode)  # read or list by others: the files are 0600
+    for mode in (0o770, 0o777, 0o1777):
+        home.chmod(mode)
+        [warning] = config_warnings(path, {})
+        assert f"{home} can be changed by other users" in warning and f"chmod 700 {home}" in warning
+        assert f"mode {mode:04o}" in warning

@@ -42,7 +42,22 @@ def config_warnings(
             )
     except OSError:
         return warnings
-    return warnings + _mode_warning(path)
+    return warnings + _mode_warning(path) + _folder_warning(path.parent)
+
+
+def _folder_warning(folder: Path) -> list[str]:
+    """Another user who can write in the folder can put their own credentials there under the
+    names both tools read (a file's own mode does not stop that)."""
+    try:
+        mode = stat.S_IMODE(os.stat(folder).st_mode)
+    except OSError:
+        return []
+    if not mode & 0o022:
+        return []
+    return [
+        f"{folder} can be changed by other users of this machine (mode {mode:04o}): they could put "
+        f"their own credentials there for codex-portal and the Codex CLI to use. Run: chmod 700 {folder}"
+    ]
 
 
 def _mode_warning(path: Path) -> list[str]:
