@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from webapp.cli import main
+from webapp.settings import Settings
 
 KEY = "sk-test-0123456789abcdefwxyz"
 
@@ -106,6 +107,17 @@ def test_usage_errors_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"usage: {usage}") and message in err, err
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_variable_counts_as_unset(empty: str) -> None:
+    names = ["CODEX_HOME", "CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID", "CODEX_PORTAL_SCOPE"]
+    names += ["CODEX_PORTAL_PORT", "CODEX_PORTAL_CODEX_SYNC"]
+    assert Settings.from_env(dict.fromkeys(names, empty)) == Settings.from_env({})
+    set_ = Settings.from_env(
+        {"CODEX_PORTAL_CLIENT_ID": " app_x ", "CODEX_PORTAL_ISSUER": "http://127.0.0.1:9"}
+    )
+    assert (set_.client_id, set_.issuer) == ("app_x", "http://127.0.0.1:9")
 
 
 def test_a_bad_port_in_the_environment_is_named_and_stops_only_what_listens(

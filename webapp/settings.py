@@ -17,7 +17,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 
 def default_codex_home(environ: Mapping[str, str]) -> Path:
     home = environ.get("CODEX_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".codex"
+    return Path(home).expanduser() if home and home.strip() else Path.home() / ".codex"
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, *, with_port: bool = True) -> Settings:
         env = os.environ if environ is None else environ
         settings = cls(config_path=default_codex_home(env) / "config.toml")
-        port = env.get("CODEX_PORTAL_PORT") if with_port else None
+        port = _set(env, "CODEX_PORTAL_PORT") if with_port else None
         return settings.with_overrides(
             codex_sync=_sync_flag(env.get("CODEX_PORTAL_CODEX_SYNC")),
-            issuer=env.get("CODEX_PORTAL_ISSUER"),
-            client_id=env.get("CODEX_PORTAL_CLIENT_ID"),
-            scope=env.get("CODEX_PORTAL_SCOPE"),
+            issuer=_set(env, "CODEX_PORTAL_ISSUER"),
+            client_id=_set(env, "CODEX_PORTAL_CLIENT_ID"),
+            scope=_set(env, "CODEX_PORTAL_SCOPE"),
             port=parse_port(port, name="CODEX_PORTAL_PORT") if port else None,
             port_chosen=True if port else None,
         )
@@ -76,6 +76,12 @@ class Settings:
             and self.issuer.rstrip("/") == DEFAULT_ISSUER
             and self.client_id == DEFAULT_CLIENT_ID
         )
+
+
+def _set(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value; an empty one (`VAR=` in a script) counts as unset, as for CODEX_HOME."""
+    value = env.get(name, "").strip()
+    return value or None
 
 
 def _sync_flag(text: str | None) -> bool | None:
