@@ -111,9 +111,13 @@ def test_usage_errors_exit_2(
 
 @pytest.mark.parametrize("empty", ["", "  "])
 def test_an_empty_variable_counts_as_unset(empty: str) -> None:
-    names = ["CODEX_HOME", "CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID", "CODEX_PORTAL_SCOPE"]
+    names = ["CODEX_PORTAL_ISSUER", "CODEX_PORTAL_CLIENT_ID", "CODEX_PORTAL_SCOPE"]
     names += ["CODEX_PORTAL_PORT", "CODEX_PORTAL_CODEX_SYNC"]
     assert Settings.from_env(dict.fromkeys(names, empty)) == Settings.from_env({})
+    # CODEX_HOME as the Codex CLI reads it: empty is unset; blank is a path ("CODEX_HOME points to
+    # "  ", but that path does not exist", says `codex login status`), never ~/.codex behind its back.
+    home = Settings.from_env({"CODEX_HOME": empty}).codex_home
+    assert home == (Path(empty) if empty else Path.home() / ".codex")
     set_ = Settings.from_env(
         {"CODEX_PORTAL_CLIENT_ID": " app_x ", "CODEX_PORTAL_ISSUER": "http://127.0.0.1:9"}
     )

@@ -16,8 +16,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 
 
 def default_codex_home(environ: Mapping[str, str]) -> Path:
+    """As the Codex CLI finds it (codex-rs `find_codex_home`): CODEX_HOME unless it is empty; a blank
+    one is a path to both tools, not a reason to fall back to ~/.codex behind the Codex CLI's back."""
     home = environ.get("CODEX_HOME")
-    return Path(home).expanduser() if home and home.strip() else Path.home() / ".codex"
+    return Path(home).expanduser() if home else Path.home() / ".codex"
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Settings:
 
 
 def _set(env: Mapping[str, str], name: str) -> str | None:
-    """The variable's value; an empty one (`VAR=` in a script) counts as unset, as for CODEX_HOME."""
+    """The variable's value; an empty or blank one (`VAR=` in a script) counts as unset."""
     value = env.get(name, "").strip()
     return value or None
 
