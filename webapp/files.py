@@ -67,17 +67,23 @@ def not_a_folder(home: Path) -> ConfigError:
     return ConfigError(f"{blocker} is not a folder, so CODEX_HOME ({home}) cannot be made inside it")
 
 
+def create_private(directory: Path) -> None:
+    """`directory` with any missing parents, each one it creates 0700 (the mode given to makedirs
+    is filtered by the umask); folders already there keep their mode."""
+    missing = [folder for folder in (directory, *directory.parents) if not os.path.lexists(folder)]
+    os.makedirs(directory, 0o700, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)
+
+
 def make_dirs(directory: Path) -> None:
     """The folder of the config file (CODEX_HOME), created 0700 with any missing parents."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory} is not a folder: CODEX_HOME must name a folder")
-    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     try:
-        os.makedirs(directory, 0o700, exist_ok=True)
+        create_private(directory)
     except OSError as exc:
         raise ConfigError(f"cannot create the folder {directory}: {reason(exc)}") from None
-    for created in missing:
-        os.chmod(created, 0o700)  # the mode given to makedirs is filtered by the umask
 
 
 def write_atomic(path: Path, text: str) -> None:

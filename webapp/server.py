@@ -142,10 +142,9 @@ def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
 def _private_folder(folder: Path) -> Path:
     """`folder`, created 0700 where missing; an existing one must be a folder of ours (not a link),
     and is made 0700."""
-    missing = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
-    os.makedirs(folder, 0o700, exist_ok=True)
-    for created in missing:
-        os.chmod(created, 0o700)
+    from webapp.files import create_private
+
+    create_private(folder)
     st = os.lstat(folder)
     if not os.path.isdir(folder) or os.path.islink(folder) or st.st_uid != os.geteuid():
         raise OSError(errno.EPERM, f"{folder} is not a private folder of this user")
