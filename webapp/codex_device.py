@@ -22,22 +22,14 @@ cap, and polling backs off on a network error or a 5xx instead of giving up.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
 
 from webapp.credentials import Credentials, printable
-from webapp.device import (
-    END_STATES,
-    MAX_BACKOFF,
-    MAX_LIFETIME,
-    DeviceAuthorization,
-    _interval,
-)
-from webapp.errors import DeviceFlowError, ProviderError
+from webapp.device import MAX_LIFETIME, DeviceAuthorization, Wait, bounded_interval, poll
+from webapp.errors import ProviderError
 from webapp.oauth import credentials_from_token
 from webapp.provider import Provider, check_url
 
@@ -85,7 +77,7 @@ async def start_codex_device_flow(provider: Provider, *, client_id: str) -> Devi
     ):
         raise ProviderError(f"{what} answered without a device id or a user code")
     try:
-        interval = _interval(_number(body.get("interval")))
+        interval = bounded_interval(_number(body.get("interval")))
     except ValueError:
         raise ProviderError(f"{what} answered an interval that is not a number") from None
     return DeviceAuthorization(
@@ -120,29 +112,26 @@ async def poll_codex_device(
     what = _what(provider)
     url = provider.issuer + TOKEN_PATH
     body = {"device_auth_id": device.device_code, "user_code": device.user_code}
-    interval = device.interval
-    backoff = interval
-    while True:
-        if clock() + min(backoff, interval) >= device.started + device.expires_in:
-            raise DeviceFlowError("expired_token", END_STATES["expired_token"])
-        await sleep(backoff)
+
+    async def ask() -> tuple[str, str] | Wait:
         try:
             response = await provider.post_json(url, body, what=what)
         except ProviderError:
-            backoff = min(backoff * 2, MAX_BACKOFF)  # the network or the issuer is down: try later
-            continue
+            return Wait.RETRY  # the network or the issuer is down
         if response.status in PENDING:
-            backoff = interval
-            continue
+            return Wait.PENDING
         if response.status >= 500 or response.status == 429:
-            backoff = min(backoff * 2, MAX_BACKOFF)
-            continue
+            return Wait.RETRY
         if response.status != 200:
             raise ProviderError(f"{what} answered HTTP {response.status}; start again")
         return _code_and_verifier(response.json_object(what="device sign-in answer"), what=what)
 
+    return await poll(device, ask, sleep=sleep, clock=clock)
+
 
 def _code_and_verifier(answer: dict[str, object], *, what: str) -> tuple[str, str]:
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge  # (as oauth.py: not at start)
+
     code = answer.get("authorization_code")
     verifier = answer.get("code_verifier")
     if not isinstance(code, str) or not code or len(code) > 4096:
@@ -151,16 +140,10 @@ def _code_and_verifier(answer: dict[str, object], *, what: str) -> tuple[str, st
         raise ProviderError(f"{what} answered without a valid PKCE code verifier")
     challenge = answer.get("code_challenge")
     if challenge is not None and not (
-        isinstance(challenge, str) and hmac.compare_digest(challenge, s256(verifier))
+        isinstance(challenge, str) and hmac.compare_digest(challenge, create_s256_code_challenge(verifier))
     ):
         raise ProviderError(f"{what} answered a code verifier that does not match its challenge")
     return code, verifier
-
-
-def s256(verifier: str) -> str:
-    """RFC 7636 S256: BASE64URL(SHA256(verifier)), unpadded."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 async def complete_codex_device_flow(

@@ -12,10 +12,11 @@ on network errors instead of giving up.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from webapp.credentials import Credentials, printable
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
@@ -56,6 +57,43 @@ class DeviceAuthorization:
         return max(0, int(self.started + self.expires_in - (time.monotonic() if now is None else now)))
 
 
+class Wait(enum.Enum):
+    """What a poll answered when it has no result yet."""
+
+    PENDING = "pending"  # the person has not finished: ask again after the interval
+    SLOW_DOWN = "slow_down"  # RFC 8628 3.5: the interval grows by 5 s, for good
+    RETRY = "retry"  # the network or the provider is down: back off, doubling up to MAX_BACKOFF
+
+
+T = TypeVar("T")
+
+
+async def poll(
+    device: DeviceAuthorization,
+    ask: Callable[[], Awaitable[T | Wait]],
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Ask every `interval` until `ask` answers something other than a Wait; the code's lifetime
+    ends it with expired_token. The rhythm of both protocols (RFC 8628 and the Codex CLI's)."""
+    interval = backoff = device.interval
+    while True:
+        if clock() + min(backoff, interval) >= device.started + device.expires_in:
+            raise DeviceFlowError("expired_token", END_STATES["expired_token"])
+        await sleep(backoff)
+        answer = await ask()
+        if answer is Wait.PENDING:
+            backoff = interval
+        elif answer is Wait.SLOW_DOWN:
+            interval += SLOW_DOWN_STEP
+            backoff = interval
+        elif answer is Wait.RETRY:
+            backoff = min(backoff * 2, MAX_BACKOFF)
+        else:
+            return answer
+
+
 async def start_device_flow(provider: Provider, *, client_id: str, scope: str) -> DeviceAuthorization:
     """RFC 8628 section 3.1-3.2: ask for a device code and a user code (an issuer without an
     RFC 8628 endpoint is asked through the Codex CLI's device protocol)."""
@@ -83,7 +121,7 @@ async def start_device_flow(provider: Provider, *, client_id: str, scope: str) -
             if complete
             else None,
             expires_in=_lifetime(body["expires_in"]),
-            interval=_interval(body.get("interval")),
+            interval=bounded_interval(body.get("interval")),
             started=time.monotonic(),
         )
     except (KeyError, TypeError, ValueError):
@@ -99,31 +137,24 @@ async def poll_device_token(
     clock: Callable[[], float] = time.monotonic,
 ) -> Credentials:
     """RFC 8628 section 3.4-3.5: poll the token endpoint until the person has finished."""
-    interval = device.interval
-    backoff = interval
-    while True:
-        if clock() + min(backoff, interval) >= device.started + device.expires_in:
-            raise DeviceFlowError("expired_token", END_STATES["expired_token"])
-        await sleep(backoff)
+    request = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code, "client_id": client_id}
+
+    async def ask() -> dict[str, Any] | Wait:
         try:
-            token = await provider.token(
-                {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code, "client_id": client_id}
-            )
+            return await provider.token(request)
         except ProviderError:
-            backoff = min(backoff * 2, MAX_BACKOFF)  # the network or the provider is down: try later
-            continue
+            return Wait.RETRY
         except OAuthError as exc:
             if exc.error == "authorization_pending":
-                backoff = interval
-                continue
+                return Wait.PENDING
             if exc.error == "slow_down":
-                interval += SLOW_DOWN_STEP
-                backoff = interval
-                continue
+                return Wait.SLOW_DOWN
             if exc.error in END_STATES:
                 raise DeviceFlowError(exc.error, END_STATES[exc.error]) from None
             raise
-        return credentials_from_token(token, issuer=provider.issuer, client_id=client_id)
+
+    token = await poll(device, ask, sleep=sleep, clock=clock)
+    return credentials_from_token(token, issuer=provider.issuer, client_id=client_id)
 
 
 def _required(body: dict[str, Any] | str, name: str) -> str:
@@ -140,7 +171,7 @@ def _lifetime(value: object) -> int:
     return int(min(value, MAX_LIFETIME))
 
 
-def _interval(value: object) -> float:
+def bounded_interval(value: object) -> float:
     """RFC 8628 `interval` (5 s when absent), kept within 1..60 s whatever the provider says."""
     if value is None:
         return DEFAULT_INTERVAL
