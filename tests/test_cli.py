@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import read_until
 from webapp.cli import main
 from webapp.settings import Settings
 
@@ -153,36 +154,14 @@ def test_ctrl_d_at_the_key_prompt_changes_nothing(codex_home: Path) -> None:
         start_new_session=True,  # the pty becomes its controlling terminal, as getpass wants
     ) as proc:
         os.close(follower)
-        output = _read_until(leader, b"API key (input hidden): ")
+        output = read_until(leader, b"API key (input hidden): ")
         os.write(leader, b"\x04")
-        output += _read_until(leader, b"")  # to EOF: the process exited
+        output += read_until(leader, b"")  # to EOF: the process exited
         assert proc.wait(timeout=30) == 1
     os.close(leader)
     text = output.decode()
     assert "Error: no API key given; nothing was changed" in text and "Traceback" not in text, text
     assert not codex_home.exists()
-
-
-def _read_until(fd: int, wanted: bytes, timeout: float = 30.0) -> bytes:
-    """Read a pty until `wanted` appears (or, for b"", until the other side closes)."""
-    import select
-    import time
-
-    data, deadline = b"", time.monotonic() + timeout
-    while not (wanted and wanted in data):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"timed out waiting for {wanted!r}; got {data!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: every process on the other side has closed it
-            chunk = b""
-        if not chunk:
-            if wanted:
-                raise AssertionError(f"closed before {wanted!r}; got {data!r}")
-            break
-        data += chunk
-    return data
 
 
 def test_token_when_signed_out(capsys: pytest.CaptureFixture[str]) -> None:

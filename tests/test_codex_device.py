@@ -12,6 +12,7 @@ means the issuer does not offer it (the page's button then says so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ import pytest
 from tests.codex_issuer import CLIENT_ID, EMAIL, POLL, TOKEN, USERCODE, CodexIssuer, s256
 from tests.conftest import free_port
 from tests.portal import PortalServer, page_csrf
+from tests.support import FakeTime
 from webapp.codex_device import DeviceUnavailable, poll_codex_device
 from webapp.device import PHISHING_WARNING, DeviceAuthorization, complete_device_login, start_device_flow
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
@@ -62,22 +64,6 @@ def _start(issuer: CodexIssuer, timeout: float = 5) -> DeviceAuthorization:
     return _run(provider, lambda: start_device_flow(provider, client_id=CLIENT_ID, scope="openid"))
 
 
-class FakeTime:
-    def __init__(self, on_sleep: Callable[[int], None] | None = None) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self.on_sleep = on_sleep
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.on_sleep is not None:
-            self.on_sleep(len(self.sleeps))
-
-
 def _poll(
     issuer: CodexIssuer, device: DeviceAuthorization, fake: FakeTime, timeout: float = 5
 ) -> tuple[str, str]:
@@ -86,12 +72,9 @@ def _poll(
     return _run(provider, lambda: poll_codex_device(provider, device, sleep=fake.sleep, clock=fake.clock))
 
 
-def _config(home: Path) -> dict[str, Any]:
-    return dict(tomllib.loads((home / "config.toml").read_text())["auth"])
-
-
-# ---- the journeys ----------------------------------------------------------------------------------
-def test_the_page_signs_in_with_a_code(issuer: CodexIssuer, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _signed_in_browser(issuer: CodexIssuer, tmp_path: Path) -> Iterator[tuple[PortalServer, httpx2.Client]]:
+    """A portal on `issuer`, and a browser that opened its launch link."""
     settings = Settings(
         config_path=tmp_path / "codex" / "config.toml",
         issuer=issuer.issuer,
@@ -105,6 +88,16 @@ def test_the_page_signs_in_with_a_code(issuer: CodexIssuer, tmp_path: Path) -> N
         httpx2.Client(base_url=server.base_url, follow_redirects=False, timeout=10) as browser,
     ):
         assert browser.get(server.launch_url).status_code == 303
+        yield server, browser
+
+
+def _config(home: Path) -> dict[str, Any]:
+    return dict(tomllib.loads((home / "config.toml").read_text())["auth"])
+
+
+# ---- the journeys ----------------------------------------------------------------------------------
+def test_the_page_signs_in_with_a_code(issuer: CodexIssuer, tmp_path: Path) -> None:
+    with _signed_in_browser(issuer, tmp_path) as (server, browser):
         home = browser.get("/").text
         assert re.search(r'class="secondary" >Sign in with a code', home), "the button must work"
         start = browser.post("/device", data={"csrf_token": page_csrf(browser)})
@@ -122,7 +115,7 @@ def test_the_page_signs_in_with_a_code(issuer: CodexIssuer, tmp_path: Path) -> N
         assert state == "success"
         assert browser.get("/device").status_code == 303
         assert f"Signed in as {EMAIL}" in browser.get("/").text
-    auth = _config(settings.codex_home)
+    auth = _config(server.settings.codex_home)
     assert auth["issuer"] == issuer.issuer and auth["client_id"] == CLIENT_ID
     assert auth["access_token"].startswith("at_") and auth["refresh_token"].startswith("rt_")
     # What went over the wire: JSON to the device calls, a form to the token endpoint.
@@ -249,26 +242,14 @@ def test_a_404_means_not_offered_and_the_page_says_so(issuer: CodexIssuer, tmp_p
     issuer.status[USERCODE] = 404
     with pytest.raises(DeviceUnavailable, match="does not offer sign-in with a code"):
         _start(issuer)
-    settings = Settings(
-        config_path=tmp_path / "codex" / "config.toml",
-        issuer=issuer.issuer,
-        client_id=CLIENT_ID,
-        port=free_port(),
-        open_browser=False,
-        timeout=5,
-    )
-    with (
-        PortalServer(settings, launch_token=LAUNCH) as server,
-        httpx2.Client(base_url=server.base_url, follow_redirects=False, timeout=10) as browser,
-    ):
-        assert browser.get(server.launch_url).status_code == 303
+    with _signed_in_browser(issuer, tmp_path) as (server, browser):
         start = browser.post("/device", data={"csrf_token": page_csrf(browser)})
         assert start.status_code == 303 and start.headers["location"] == "/"
         page = browser.get("/").text
         assert "does not offer sign-in with a code" in page  # the notice, once
         assert re.search(r'disabled aria-describedby="device-note">\s*Sign in with a code', page)
         assert re.search(r"does not answer the Codex CLI's device protocol", page)
-    assert not settings.config_path.exists()
+    assert not server.settings.config_path.exists()
 
 
 def test_403_and_404_are_pending_and_a_5xx_or_a_slow_poll_is_waited_out(issuer: CodexIssuer) -> None:

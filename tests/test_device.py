@@ -17,6 +17,7 @@ import pytest
 
 from tests.idp import TestProvider
 from tests.portal import PortalServer, page_csrf, settings_for
+from tests.support import FakeTime
 from webapp.credentials import Credentials
 from webapp.device import DeviceAuthorization, poll_device_token, start_device_flow
 from webapp.errors import DeviceFlowError, OAuthError, ProviderError
@@ -35,19 +36,6 @@ def _device(expires_in: int = 600, interval: float = 5.0) -> DeviceAuthorization
     return DeviceAuthorization(
         "dc", "ABCD-EFGH", "https://idp.test/device", None, expires_in, interval, started=0.0
     )
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _token_endpoint(answers: list[object]) -> httpx2.MockTransport:

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import free_port
 from tests.faulty_idp import DEVICE_GRANT, EMAIL, MARKER, SPOOFED_EMAIL, FaultyProvider, Seen
 from tests.portal import PortalServer, page_csrf
+from tests.support import FakeTime
 from webapp import cli
 from webapp.accounts import Account
 from webapp.credentials import Credentials
@@ -558,23 +559,6 @@ def test_device_polling_slows_down_when_told_and_the_portal_stays_responsive(rig
     assert rig.browser.get("/api/device").json()["state"] == "pending"
     rig.browser.post("/device/cancel", data={"csrf_token": page_csrf(rig.browser)})
     _assert_untouched(rig, before)
-
-
-class FakeTime:
-    """A clock and a sleep for the poller: the polls are real HTTP, the waiting is not."""
-
-    def __init__(self, now: float, on_sleep: Callable[[int], None] = lambda n: None) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-        self.on_sleep = on_sleep
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        self.on_sleep(len(self.sleeps))
 
 
 async def _device(fake: FaultyProvider) -> tuple[Provider, DeviceAuthorization]:

@@ -33,6 +33,7 @@ from playwright.sync_api import Browser, Playwright, expect
 from tests.browser import launch_chromium
 from tests.conftest import free_port
 from tests.idp import TestProvider
+from tests.support import read_until
 from webapp.paste import PROMPT, parse_paste, ssh_command
 
 # localhost resolves to nothing: only the provider (on 127.0.0.1) is reachable.
@@ -285,14 +286,14 @@ def test_ctrl_d_at_the_prompt_on_a_terminal_ends_the_sign_in(idp: TestProvider, 
     )
     try:
         os.close(follower)
-        output = _read_until(leader, PROMPT.encode())
+        output = read_until(leader, PROMPT.encode())
         os.write(leader, b"not an address\n")
-        again = _read_until(leader, b"That is not an address.")
+        again = read_until(leader, b"That is not an address.")
         if not again.split(b"That is not an address.", 1)[1].endswith(PROMPT.encode()):
-            again += _read_until(leader, PROMPT.encode())  # (unless it came in the same read)
+            again += read_until(leader, PROMPT.encode())  # (unless it came in the same read)
         output += again
         os.write(leader, b"\x04")
-        output += _read_until(leader, b"")
+        output += read_until(leader, b"")
         assert proc.wait(timeout=30) == 1
     finally:
         if proc.poll() is None:
@@ -303,27 +304,6 @@ def test_ctrl_d_at_the_prompt_on_a_terminal_ends_the_sign_in(idp: TestProvider, 
     assert "Error: sign-in cancelled (end of input at the prompt); nothing was changed" in text, text
     assert "Traceback" not in text
     assert not (tmp_path / "codex" / "config.toml").exists()
-
-
-def _read_until(fd: int, wanted: bytes, timeout: float = 20.0) -> bytes:
-    """Read a pty until `wanted` appears (for b"": until the other side closes)."""
-    import select
-
-    data, deadline = b"", time.monotonic() + timeout
-    while not (wanted and wanted in data):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"timed out waiting for {wanted!r}; got {data!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            if wanted:
-                raise AssertionError(f"closed before {wanted!r}; got {data!r}")
-            break
-        data += chunk
-    return data
 
 
 # ---- the parts ---------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -50,6 +49,7 @@ from playwright.sync_api import Browser
 
 from tests.conftest import free_port
 from tests.portal import PortalServer
+from tests.support import NOBODY, NOBODY_UID, SYSTEM_PYTHON, needs_second_user
 from webapp import peers, protocol
 from webapp.errors import ConfigError
 from webapp.server import PEER_CHECK_ON, peer_check_line
@@ -60,24 +60,12 @@ ORIGINAL = '# mine\nmodel = "o3"\n\n[auth]\napi_key = "sk-person-0123456789abcde
 ATTACKER_KEY = "sk-attacker-0123456789wxyz"
 PERSON_NEW_KEY = "sk-person-new-9876543210"
 TOKEN = "peers-launch-token-" + "p" * 32
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-NOBODY_UID = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody, unlike the venv under some homes
 SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
-
-needs_second_user = pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or os.geteuid() != 0
-    or shutil.which("setpriv") is None
-    or not Path(SYSTEM_PYTHON).exists(),
-    reason="needs Linux, root and setpriv to act as a second local user",
-)
-
 
 # ---- the /proc/net/tcp tables ------------------------------------------------------------------
 HEADER4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"

@@ -11,8 +11,6 @@ at once and never leaves this machine.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import re
 import select
@@ -20,12 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support import held
 from webapp.cli import _settings, build_parser
 from webapp.errors import PortalError
 from webapp.server import ServerOptions, bind_sockets, choose_port
@@ -35,22 +33,6 @@ FALLBACK_LINE = (
     f"Port {DEFAULT_PORT} is in use by another program; using {FALLBACK_PORT}, the Codex CLI's other "
     "registered sign-in port.\n"
 )
-
-
-@contextlib.contextmanager
-def held(port: int, host: str = "127.0.0.1") -> Iterator[None]:
-    """`port` taken by a plain listening socket (or already taken by another program)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        try:
-            sock.bind((host, port))
-            sock.listen(1)
-        except OSError as exc:
-            assert exc.errno == errno.EADDRINUSE, exc  # held by something else: taken all the same
-        yield
-    finally:
-        sock.close()
 
 
 def _is_free(port: int) -> bool:

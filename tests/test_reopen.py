@@ -27,23 +27,13 @@ import httpx2
 import pytest
 
 from tests.conftest import free_port
-from tests.test_port_fallback import held
+from tests.support import NOBODY, SYSTEM_PYTHON, held, needs_second_user
 from webapp.reopen import LINK_HEADER, LINK_PATH, RECORD_NAME
 from webapp.security import Sessions
 from webapp.settings import DEFAULT_PORT
 
 REPO = Path(__file__).resolve().parent.parent
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody, unlike this venv's
 LINK = re.compile(r"http://localhost:(\d+)/\?token=([A-Za-z0-9_-]{43})")
-
-needs_second_user = pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or os.geteuid() != 0
-    or shutil.which("setpriv") is None
-    or not Path(SYSTEM_PYTHON).exists(),
-    reason="needs Linux, root and setpriv to act as a second local user",
-)
 
 
 def _env(home: Path, port: int | None, **extra: str) -> dict[str, str]:
